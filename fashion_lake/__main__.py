@@ -1,0 +1,3 @@
+from fashion_lake.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The command line: ``python -m fashion_lake {fit,validate,test,predict} --config ...``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningCLI
+
+from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.errors import FashionLakeError
+from fashion_lake.model import FashionMnistModule
+
+CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+
+
+class FashionLakeCLI(LightningCLI):
+    """LightningCLI whose model is sized from the dataset and whose data module shards itself."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.num_channels", "model.in_channels", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt) and not Path(ckpt).is_file():
+            raise FashionLakeError(
+                f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file written by `fit` "
+                "(e.g. runs/fashion/version_0/checkpoints/last.ckpt) or --ckpt_path last."
+            )
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
+    """Build (and by default run) the CLI; tests call this in-process."""
+    return FashionLakeCLI(
+        FashionMnistModule,
+        DeepLakeDataModule,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the optimizer is a model argument
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: bad input becomes one line on stderr and exit status 2."""
+    try:
+        cli_main(args)
+    except FashionLakeError as e:
+        print(f"fashion_lake: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

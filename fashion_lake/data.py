@@ -1,0 +1,286 @@
+"""``DeepLakeDataModule``: Deep Lake datasets in, sharded train/val/test/predict loaders out.
+
+The module owns distribution (see ``sampler.py``): it takes rank and world size from the
+Trainer, or from ``dm.dist`` when set by hand, so the Trainer runs with
+``use_distributed_sampler=False``. Batches leave the loader as uint8 and become normalised,
+augmented float tensors in ``on_after_batch_transfer``, on the accelerator when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from fashion_lake.lake import (
+    LakeDataset,
+    LakeError,
+    LakeInfo,
+    LakeSource,
+    inspect_lake,
+    is_local,
+    lake_exists,
+)
+from fashion_lake.sampler import DistContext, ShardedBatchSampler, per_device_batch
+from fashion_lake.transforms import BatchTransform, ColumnTransform
+
+ColumnTransforms = dict[str, Callable[[Any], Any]]
+
+
+def _passthrough(batch: dict) -> dict:
+    """``LakeDataset.__getitems__`` already returns a collated batch."""
+    return batch
+
+
+def _default_raw_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_lake" / "fashion-mnist"
+
+
+class DeepLakeDataModule(pl.LightningDataModule):
+    """Train, val, test and predict loaders over Deep Lake datasets named by URL.
+
+    Args:
+        train_url: Training dataset: a local path, ``file://``, ``mem://``, ``s3://``, ``gcs://``,
+            ``azure://``, ``al://`` or ``hub://`` URL.
+        val_url: Validation dataset.
+        test_url: Test dataset (default: ``val_url``).
+        predict_url: Dataset to predict on (default: the test dataset).
+        raw_dir: Folder with the Fashion-MNIST IDX files, used to build a missing local lake
+            (default: ``$FASHION_LAKE_RAW_DIR``).
+        download: Download the IDX files (torchvision's mirrors) to build a missing local lake
+            when no ``raw_dir`` is given.
+        batch_size: Rows per step on each device.
+        global_batch_size: Rows per step over all devices; overrides ``batch_size`` and keeps
+            the training order identical for any number of devices.
+        num_workers: DataLoader worker processes per device.
+        seed: Seeds each epoch's shuffle as ``(seed, epoch)``.
+        drop_last: Drop the last incomplete global training batch.
+        image_column: Column holding HxWxC uint8 images.
+        label_column: ClassLabel column holding class ids.
+        class_names: Class names, for datasets whose label column has none in its metadata.
+        train_transform: Per-column, per-sample transforms for training rows, e.g.
+            ``{'images': SeedTransform()}`` (columns not named pass through); the default
+            (``None``) is the fast whole-batch pipeline configured by ``rotation`` and ``normalize``.
+        eval_transform: Per-column, per-sample transforms for val/test/predict rows.
+        rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
+        normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1].
+        block_size: Rows read in one contiguous request and cached together.
+        shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
+            is closer to a uniform shuffle and holds more blocks in memory per worker.
+        creds: Storage credentials passed to Deep Lake (e.g. ``aws_access_key_id``, ``endpoint_url``).
+        token: Activeloop token for ``al://`` and ``hub://`` datasets.
+    """
+
+    def __init__(
+        self,
+        train_url: str = "lakes/fashion-mnist-train",
+        val_url: str = "lakes/fashion-mnist-test",
+        test_url: str | None = None,
+        predict_url: str | None = None,
+        raw_dir: str | None = None,
+        download: bool = False,
+        batch_size: int = 256,
+        global_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = True,
+        image_column: str = "images",
+        label_column: str = "labels",
+        class_names: list[str] | None = None,
+        train_transform: ColumnTransforms | None = None,
+        eval_transform: ColumnTransforms | None = None,
+        rotation: float = 20.0,
+        normalize: tuple[float, float] = (0.5, 0.5),
+        block_size: int = 1024,
+        shuffle_window: int = 16384,
+        creds: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0 or block_size < 1 or shuffle_window < 0:
+            raise ValueError(
+                "need batch_size >= 1, num_workers >= 0, block_size >= 1 and shuffle_window >= 0, got "
+                f"{batch_size}, {num_workers}, {block_size}, {shuffle_window}"
+            )
+        self.urls = {
+            "train": train_url,
+            "val": val_url,
+            "test": test_url or val_url,
+            "predict": predict_url or test_url or val_url,
+        }
+        self.raw_dir, self.download = raw_dir, download
+        self.batch_size, self.global_batch_size = batch_size, global_batch_size
+        self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
+        self.image_column, self.label_column = image_column, label_column
+        self.user_class_names = class_names
+        self.transforms = {"train": train_transform, "eval": eval_transform}
+        self.batch_transform = BatchTransform(rotation, *normalize)
+        self.block_size, self.shuffle_window = block_size, shuffle_window
+        self.creds, self.token = creds, token
+        self.dist_override: DistContext | None = None
+        self.datasets: dict[str, LakeDataset] = {}
+        self._infos: dict[str, LakeInfo] = {}
+
+    # ------------------------------------------------------------------ distribution
+    @property
+    def dist(self) -> DistContext:
+        """Rank and world size: injected, else the Trainer's, else a single process."""
+        if self.dist_override is not None:
+            return self.dist_override
+        if self.trainer is not None:
+            return DistContext(self.trainer.global_rank, self.trainer.world_size)
+        return DistContext()
+
+    @dist.setter
+    def dist(self, value: DistContext) -> None:
+        self.dist_override = value
+
+    @property
+    def per_device_batch_size(self) -> int:
+        try:
+            return per_device_batch(self.batch_size, self.global_batch_size, self.dist.world_size)
+        except ValueError as e:
+            raise LakeError(str(e)) from e
+
+    # ------------------------------------------------------------------ what the model links to
+    def _source(self, split: str) -> LakeSource:
+        return LakeSource(self.urls[split], self.creds, self.token)
+
+    def _buildable(self, split: str) -> bool:
+        url = self.urls[split]
+        return is_local(url) and not lake_exists(url, self.creds, self.token)
+
+    def info(self, split: str) -> LakeInfo:
+        """Checked facts about one split's dataset (opened once, then cached)."""
+        url = self.urls[split]
+        if url not in self._infos:
+            self._infos[url] = inspect_lake(
+                self._source(split).open(), url, self.image_column, self.label_column, self.user_class_names
+            )
+        return self._infos[url]
+
+    @cached_property
+    def _reference(self) -> LakeInfo | None:
+        """The dataset that defines the classes: train if it exists, else val; None if unbuilt."""
+        for split in ("train", "val"):
+            if not self._buildable(split):
+                return self.info(split)
+        return None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the dataset's ClassLabel metadata (linked to the model)."""
+        if self._reference is None:  # to be built from Fashion-MNIST by prepare_data
+            from fashion_lake.ingest import FASHION_MNIST_CLASSES
+
+            return list(self.user_class_names or FASHION_MNIST_CLASSES)
+        return self._reference.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self._reference is None else self._reference.sample_shape[-1]
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Build missing local Fashion-MNIST lakes from the IDX files (once per node)."""
+        from fashion_lake.ingest import download_fashion_mnist, fashion_mnist
+
+        for split in ("train", "val", "test", "predict"):
+            url = self.urls[split]
+            if lake_exists(url, self.creds, self.token):
+                continue
+            if not is_local(url):
+                raise LakeError(
+                    f"no Deep Lake dataset at {url!r}. Check the URL and credentials, or create it "
+                    f"with `python -m fashion_lake.ingest fashion_mnist {url} --raw_dir DIR`."
+                )
+            raw_dir = self.raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
+            if raw_dir is None:
+                if not self.download:
+                    raise LakeError(
+                        f"no Deep Lake dataset at {url!r}. Check the URL, or build Fashion-MNIST there "
+                        "from its IDX files with --data.raw_dir DIR (or FASHION_LAKE_RAW_DIR), or "
+                        "with --data.download true."
+                    )
+                raw_dir = str(download_fashion_mnist(_default_raw_cache()))
+            fm_split = "train" if split == "train" else "test"
+            rank_zero_info(f"Building Fashion-MNIST {fm_split} split at {url} from {raw_dir}")
+            fashion_mnist(dest=url, raw_dir=raw_dir, split=fm_split)
+        self.__dict__.pop("_reference", None)
+
+    def setup(self, stage: str) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for split in splits:
+            info = self.info(split)
+            if info.class_names != self.class_names:
+                raise LakeError(
+                    f"{self.urls[split]!r} has classes {info.class_names}, but the model is built for "
+                    f"{self.class_names} (from {self.urls['train']!r}); use datasets with the same classes."
+                )
+            transforms = self.transforms["train" if split == "train" else "eval"]
+            self.datasets[split] = LakeDataset(
+                self._source(split),
+                info,
+                self.image_column,
+                self.label_column,
+                ColumnTransform(transforms, (self.image_column, self.label_column)) if transforms is not None else None,
+                self.block_size,
+                cache_blocks=max(1, self.shuffle_window // self.block_size) + 1,
+            )
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        dataset = self.datasets[split]
+        train = split == "train"
+        sampler = ShardedBatchSampler(
+            len(dataset),
+            self.per_device_batch_size,
+            self.dist,
+            shuffle=train,
+            seed=self.seed,
+            drop_last=self.drop_last,
+            block_size=self.block_size,
+            window=self.shuffle_window,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_passthrough,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=train and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def prepare_batch(self, batch: dict, train: bool) -> dict:
+        """uint8 images -> normalised float (augmented when ``train``); float batches pass."""
+        if batch["images"].dtype == torch.uint8:
+            batch = {**batch, "images": self.batch_transform(batch["images"], train=train)}
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        training = self.trainer is not None and self.trainer.training
+        return self.prepare_batch(batch, train=training)

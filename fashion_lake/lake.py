@@ -1,0 +1,252 @@
+"""Opening Deep Lake datasets by URL and reading them as fast batches.
+
+``LakeSource`` is the picklable address of a dataset (URL, credentials, version); every
+process, DataLoader workers included, opens its own handle from it. ``LakeDataset`` is the
+map-style dataset the loaders use: ``ds.pytorch()`` for per-row reads (and per-sample
+transforms), plus ``__getitems__`` that reads whole batches as contiguous column slices
+through a small per-process block cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from fashion_lake.errors import FashionLakeError
+
+INGEST_KEY = "fashion_lake.ingest"
+REMOTE_SCHEMES = ("s3://", "gcs://", "gs://", "azure://", "az://", "al://", "hub://", "https://")
+
+
+class LakeError(FashionLakeError):
+    """A dataset or its configuration is unusable; the message says what and how to fix it."""
+
+
+def is_local(url: str) -> bool:
+    return url.startswith("file://") or "://" not in url
+
+
+def local_path(url: str) -> Path:
+    return Path(url.removeprefix("file://")).expanduser().absolute()
+
+
+def lake_exists(url: str, creds: dict[str, str] | None = None, token: str | None = None) -> bool:
+    import deeplake
+
+    if url.startswith("hub://"):  # Deep Lake 3 datasets: only a query can tell
+        return True
+    return bool(deeplake.exists(url, creds=creds or {}, token=token))
+
+
+def open_lake(
+    url: str,
+    creds: dict[str, str] | None = None,
+    token: str | None = None,
+    check_complete: bool = True,
+) -> Any:
+    """Open ``url`` read-only, turning Deep Lake's errors into one clear ``LakeError``.
+
+    ``hub://`` URLs name Deep Lake 3 datasets, which Deep Lake 4 reads through a query;
+    ``deeplake.convert(src, dst)`` makes a native 4.x copy that loads faster.
+    """
+    import deeplake
+
+    try:
+        if url.startswith("hub://"):
+            ds = deeplake.query(f'SELECT * FROM "{url}"', token=token)
+        else:
+            ds = deeplake.open_read_only(url, creds=creds or {}, token=token)
+    except Exception as e:  # deeplake's errors share no base class beyond Exception
+        hint = (
+            "Check the URL and that the dataset exists there"
+            + (" (build it with `python -m fashion_lake.ingest`)" if is_local(url) else "")
+            + ("; check the credentials (creds/token)" if not is_local(url) else "")
+            + "."
+        )
+        raise LakeError(f"cannot open Deep Lake dataset {url!r}: {e}. {hint}") from e
+    if check_complete and hasattr(ds, "metadata") and INGEST_KEY in ds.metadata.keys():
+        if ds.metadata[INGEST_KEY] != "complete":
+            raise LakeError(
+                f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it)."
+            )
+    return ds
+
+
+@dataclass(frozen=True)
+class LakeInfo:
+    """What the model needs to know about a dataset, checked once up front."""
+
+    rows: int
+    class_names: list[str]
+    sample_shape: tuple[int, ...]  # H, W, C
+    version: str | None
+
+
+def inspect_lake(
+    ds: Any,
+    url: str,
+    image_column: str,
+    label_column: str,
+    class_names: Sequence[str] | None = None,
+) -> LakeInfo:
+    """Check columns, size, class names and label range; return what the loaders need."""
+    columns = [c.name for c in ds.schema.columns]
+    missing = [c for c in (image_column, label_column) if c not in columns]
+    if missing:
+        raise LakeError(
+            f"{url!r} has no column {', '.join(map(repr, missing))}; it has {columns}. Set "
+            "--data.image_column / --data.label_column to the dataset's column names."
+        )
+    rows = len(ds)
+    if rows == 0:
+        raise LakeError(f"{url!r} is empty (0 rows); ingest data into it first.")
+    if class_names is None:
+        meta = ds[label_column].metadata
+        if "class_names" not in meta.keys() or not meta["class_names"]:
+            raise LakeError(
+                f"column {label_column!r} of {url!r} has no class names in its metadata; make it "
+                "a ClassLabel column with metadata['class_names'] or pass --data.class_names."
+            )
+        class_names = meta["class_names"]
+    class_names = [str(c) for c in class_names]
+    labels = np.asarray(ds[label_column][0:rows])
+    if labels.ndim != 1:
+        raise LakeError(f"column {label_column!r} of {url!r} holds {labels.shape[1:]} arrays, not one class id per row.")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= len(class_names):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])
+        raise LakeError(
+            f"row {bad} of {url!r} has label {int(labels[bad])}, outside 0..{len(class_names) - 1} "
+            f"({len(class_names)} class names); fix the labels or the class names."
+        )
+    first = np.asarray(ds[image_column][0:1])
+    if first.ndim == 3:  # H, W without a channel axis
+        first = first[..., None]
+    if first.ndim != 4:
+        raise LakeError(f"column {image_column!r} of {url!r} does not hold HxWxC images ({first.shape[1:]}).")
+    version = getattr(ds, "version", None)
+    return LakeInfo(rows, class_names, tuple(first.shape[1:]), version)
+
+
+@dataclass(frozen=True)
+class LakeSource:
+    """Where a dataset lives; cheap to pickle into DataLoader workers."""
+
+    url: str
+    creds: dict[str, str] | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def open(self) -> Any:
+        return open_lake(self.url, self.creds, self.token)
+
+
+def _collate_rows(rows: list[dict]) -> dict:
+    return default_collate(rows) if rows else {}
+
+
+class LakeDataset(Dataset):
+    """Rows of one Deep Lake dataset as ``{'images', 'labels', 'index'}``.
+
+    Fast path (no ``sample_transform``): ``__getitems__`` returns a whole batch with images
+    as uint8 ``(B, C, H, W)``, read as contiguous blocks of ``block_size`` rows and kept in a
+    per-process LRU of ``cache_blocks`` blocks, so a block-shuffled epoch reads each block
+    once. Normalisation and augmentation then run on whole batches on the device.
+
+    Fidelity path (a ``sample_transform``): each row goes through ``ds.pytorch(transform)``
+    one at a time, as in the Deep Lake tutorial.
+    """
+
+    def __init__(
+        self,
+        source: LakeSource,
+        info: LakeInfo,
+        image_column: str = "images",
+        label_column: str = "labels",
+        sample_transform: Callable[[Any], dict] | None = None,
+        block_size: int = 1024,
+        cache_blocks: int = 16,
+    ) -> None:
+        self.source, self.info = source, info
+        self.image_column, self.label_column = image_column, label_column
+        self.sample_transform = sample_transform
+        self.block_size, self.cache_blocks = block_size, max(1, cache_blocks)
+        self._ds: Any = None
+        self._rows: Any = None
+        self._pid: int | None = None
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        # Handles do not cross processes: each worker opens its own.
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": OrderedDict()}
+
+    @property
+    def ds(self) -> Any:
+        if self._ds is None or self._pid != os.getpid():
+            self._ds = self.source.open()
+            self._rows = self._ds.pytorch(transform=self.sample_transform)
+            self._pid, self._cache = os.getpid(), OrderedDict()
+        return self._ds
+
+    def __len__(self) -> int:
+        return self.info.rows
+
+    def __getitem__(self, index: int) -> dict:
+        self.ds  # noqa: B018 - opens the handle in this process
+        row = self._rows[int(index)]
+        if self.sample_transform is None:
+            row = {
+                "images": torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1),
+                "labels": int(row[self.label_column]),
+            }
+        return {**row, "index": int(index)}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        if self.sample_transform is not None:
+            return _collate_rows([self[i] for i in indices])
+        idx = np.asarray(indices, dtype=np.int64)
+        images = np.empty((len(idx), *self.info.sample_shape), dtype=np.uint8)
+        labels = np.empty(len(idx), dtype=np.int64)
+        blocks = idx // self.block_size
+        for block in np.unique(blocks):
+            block_images, block_labels = self._block(int(block))
+            hit = blocks == block
+            offset = idx[hit] - block * self.block_size
+            images[hit] = block_images[offset]
+            labels[hit] = block_labels[offset]
+        return {
+            "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            "labels": torch.from_numpy(labels),
+            "index": torch.from_numpy(idx),
+        }
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        ds = self.ds
+        if block in self._cache:
+            self._cache.move_to_end(block)
+            return self._cache[block]
+        start = block * self.block_size
+        stop = min(start + self.block_size, self.info.rows)
+        images = ds[self.image_column][start:stop]
+        if not isinstance(images, np.ndarray) or images.dtype == object:
+            raise LakeError(
+                f"rows {start}..{stop - 1} of {self.source.url!r} hold images of differing shapes; "
+                "re-ingest with one size (python -m fashion_lake.ingest image_folder --image_size N)."
+            )
+        entry = (_hwc(images, batched=True), np.asarray(ds[self.label_column][start:stop], dtype=np.int64))
+        self._cache[block] = entry
+        if len(self._cache) > self.cache_blocks:
+            self._cache.popitem(last=False)
+        return entry
+
+
+def _hwc(images: np.ndarray, batched: bool = False) -> np.ndarray:
+    """Give grayscale images stored as HxW a channel axis."""
+    return images[..., None] if images.ndim == (3 if batched else 2) else images

@@ -1,0 +1,141 @@
+"""The classifier: a pure ``build_model`` and a thin LightningModule around it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.models import ResNet18_Weights, resnet18
+
+from fashion_lake.errors import FashionLakeError
+
+PRETRAINED_URL = ResNet18_Weights.IMAGENET1K_V1.url
+
+
+class ModelError(FashionLakeError):
+    """The model cannot be built as configured; the message says why and what to do."""
+
+
+def _imagenet_state() -> dict[str, torch.Tensor]:
+    try:
+        return torch.hub.load_state_dict_from_url(PRETRAINED_URL, progress=False)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+        raise ModelError(
+            f"could not download the ImageNet ResNet18 weights from {PRETRAINED_URL} ({e}). "
+            "Offline? Set --model.pretrained false, or put the file in "
+            f"{torch.hub.get_dir()}/checkpoints/ on this machine."
+        ) from e
+
+
+def build_model(num_classes: int, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+    """ResNet18 with a new ``in_channels`` stem and a ``num_classes`` head.
+
+    As in the Deep Lake tutorial: ``conv1 = Conv2d(in_channels, 64, 7, 2, 3, bias=False)`` and a
+    new ``fc``. With ``pretrained`` the ImageNet stem weights are summed over RGB (or kept, for
+    3 channels) so the new stem starts from the learned filters.
+    """
+    if num_classes < 2 or in_channels < 1:
+        raise ModelError(f"need num_classes >= 2 and in_channels >= 1, got {num_classes} and {in_channels}")
+    net = resnet18(weights=None)
+    if pretrained:
+        net.load_state_dict(_imagenet_state())
+    rgb_stem = net.conv1.weight.detach()
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if pretrained:
+        with torch.no_grad():
+            stem = rgb_stem if in_channels == 3 else rgb_stem.sum(1, keepdim=True).repeat(1, in_channels, 1, 1)
+            net.conv1.weight.copy_(stem / (1 if in_channels == 3 else in_channels))
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+class FashionMnistModule(pl.LightningModule):
+    """Image classification with a 1-channel ResNet18.
+
+    Args:
+        num_classes: Size of the classifier head (linked from the data module).
+        class_names: Class names, for predictions (linked from the data module).
+        in_channels: Image channels (linked from the data module).
+        pretrained: Start from ImageNet weights (downloads them once).
+        optimizer: Any ``torch.optim`` optimizer, e.g. ``{class_path: torch.optim.SGD, init_args: {lr: 0.1}}``.
+        lr_schedule: ``one_cycle`` (warm up to the optimizer's lr, then anneal), ``cosine``
+            (anneal from it) or ``constant``; steps come from the Trainer's run length.
+        label_smoothing: Cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        in_channels: int = 1,
+        pretrained: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ModelError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.net = build_model(num_classes, in_channels, pretrained)
+        self.optimizer = optimizer
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, labels = batch["images"], batch["labels"].long()
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits, labels)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _evaluate(self, batch: dict, accuracy: MulticlassAccuracy, mean_loss: MeanMetric, stage: str) -> None:
+        # Batches may be empty on some ranks (see sampler.eval_batches); metrics sum exactly.
+        labels = batch["labels"].long()
+        logits = self(batch["images"])
+        accuracy.update(logits, labels)
+        mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
+        self.log(f"{stage}_acc", accuracy, prog_bar=True)
+        self.log(f"{stage}_loss", mean_loss)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_acc, self.val_loss, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_acc, self.test_loss, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probabilities = self(batch["images"]).softmax(dim=1)
+        probability, class_id = probabilities.max(dim=1)
+        return {
+            "index": batch["index"],
+            "class_id": class_id,
+            "class_name": [self.class_names[i] for i in class_id.tolist()],
+            "probability": probability,
+        }
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer(self.parameters())
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.hparams.lr_schedule == "constant":
+            return {"optimizer": optimizer}
+        if self.hparams.lr_schedule == "one_cycle":
+            peak = [group["lr"] for group in optimizer.param_groups]
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=max(steps, 1))
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,159 @@
+"""Which rows each process reads, in which order: pure arithmetic, no I/O.
+
+Training order is defined once, globally: each epoch is a permutation of all rows seeded by
+``(seed, epoch)``, cut into global batches of ``batch_size * world_size`` rows; rank ``r``
+reads the ``r``-th slice of every global batch. The order never depends on the number of
+processes, so 1, 2 or 8 processes see the same global batches (given the same global batch
+size) and a run can resume on another world size.
+
+The permutation is *block-shuffled* so that reads stay contiguous: rows are grouped into
+blocks of ``block_size`` consecutive rows, the blocks are permuted, and the rows of each
+window of ``window`` rows (whole blocks) are permuted uniformly. With ``window >= rows`` it is
+a uniform random permutation. Every row appears exactly once per epoch either way.
+
+Evaluation reads rows in storage order. Every row is read exactly once across ranks, and
+every rank runs the same number of steps: the last global batch is split as evenly as
+possible and a rank may get an empty batch, so per-step collectives (DDP's buffer
+broadcast, synced logging) never wait on a rank that has run out of data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job: injected in tests, read from the Trainer otherwise."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got {self.rank} of {self.world_size}")
+
+
+def block_shuffle(n: int, seed: int, epoch: int, block_size: int, window: int) -> np.ndarray:
+    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``; see the module docstring."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    rng = np.random.default_rng([seed, epoch])
+    n_blocks = math.ceil(n / block_size)
+    blocks_per_window = max(1, window // block_size) if window > 0 else max(n_blocks, 1)
+    block_order = rng.permutation(n_blocks)
+    parts = []
+    for start in range(0, n_blocks, blocks_per_window):
+        rows = np.concatenate(
+            [
+                np.arange(b * block_size, min((b + 1) * block_size, n))
+                for b in block_order[start : start + blocks_per_window]
+            ]
+        )
+        parts.append(rng.permutation(rows))
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def per_device_batch(batch_size: int | None, global_batch_size: int | None, world_size: int) -> int:
+    """Resolve the per-device batch from whichever of the two the user configured."""
+    if global_batch_size is None:
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return batch_size
+    if global_batch_size < world_size or global_batch_size % world_size:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} does not divide evenly over {world_size} "
+            f"processes; pick a multiple of {world_size} or set batch_size (per device) instead."
+        )
+    return global_batch_size // world_size
+
+
+def train_batches(
+    order: np.ndarray, batch_size: int, dist: DistContext, drop_last: bool
+) -> list[np.ndarray]:
+    """This rank's slice of each global batch of ``order``.
+
+    Tail policy: with ``drop_last`` the last incomplete global batch is dropped (the same rows
+    for any world size at a fixed global batch size). Without it, the tail is split as
+    evenly as possible over the ranks; a tail smaller than the world size is dropped so that
+    no rank trains on an empty batch.
+    """
+    rank, world = dist.rank, dist.world_size
+    step = batch_size * world
+    full = len(order) // step
+    batches = [order[g * step + rank * batch_size : g * step + (rank + 1) * batch_size] for g in range(full)]
+    tail = order[full * step :]
+    if not drop_last and len(tail) >= world:
+        batches.append(np.array_split(tail, world)[rank])
+    return batches
+
+
+def eval_batches(n: int, batch_size: int, dist: DistContext) -> list[np.ndarray]:
+    """Storage order, every row once over all ranks, equal step counts (tail batches may be empty)."""
+    step = batch_size * dist.world_size
+    return [
+        np.array_split(np.arange(start, min(start + step, n)), dist.world_size)[dist.rank]
+        for start in range(0, n, step)
+    ]
+
+
+class BlockShuffleOrder(Sampler[int]):
+    """The global epoch order as a torch ``Sampler``; Lightning calls ``set_epoch`` on it."""
+
+    def __init__(self, n: int, seed: int, block_size: int, window: int) -> None:
+        self.n, self.seed, self.block_size, self.window = n, seed, block_size, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self) -> np.ndarray:
+        return block_shuffle(self.n, self.seed, self.epoch, self.block_size, self.window)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Yields this rank's batches of row ids: shuffled for training, storage order for eval."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        dist: DistContext,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        block_size: int = 1024,
+        window: int = 16384,
+    ) -> None:
+        self.n, self.batch_size, self.dist = n, batch_size, dist
+        self.shuffle, self.drop_last = shuffle, drop_last
+        # ``sampler`` is where Lightning's fit loop looks for ``set_epoch``.
+        self.sampler = BlockShuffleOrder(n, seed, block_size, window) if shuffle else None
+
+    def batches(self) -> list[np.ndarray]:
+        if self.sampler is None:
+            return eval_batches(self.n, self.batch_size, self.dist)
+        return train_batches(self.sampler.permutation(), self.batch_size, self.dist, self.drop_last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        step = self.batch_size * self.dist.world_size
+        if self.sampler is None:
+            return math.ceil(self.n / step)
+        full, tail = divmod(self.n, step)
+        return full + int(not self.drop_last and tail >= self.dist.world_size)
