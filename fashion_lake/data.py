@@ -28,7 +28,7 @@ from fashion_lake.lake import (
     is_local,
     lake_exists,
 )
-from fashion_lake.sampler import DistContext, ShardedBatchSampler, per_device_batch
+from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
 from fashion_lake.transforms import BatchTransform, ColumnTransform
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
@@ -244,7 +244,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         dataset = self.datasets[split]
         train = split == "train"
-        sampler = ShardedBatchSampler(
+        sampler = make_batch_sampler(
             len(dataset),
             self.per_device_batch_size,
             self.dist,

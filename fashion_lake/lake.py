@@ -202,11 +202,13 @@ class LakeDataset(Dataset):
         self.ds  # noqa: B018 - opens the handle in this process
         row = self._rows[int(index)]
         if self.sample_transform is None:
-            row = {
-                "images": torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1),
-                "labels": int(row[self.label_column]),
-            }
-        return {**row, "index": int(index)}
+            images = torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1)
+        else:  # a per-column transform returns the columns under their own names
+            images = row[self.image_column]
+        labels = row[self.label_column]
+        if isinstance(labels, np.ndarray | np.generic):  # Deep Lake's read-only scalars
+            labels = int(labels)
+        return {"images": images, "labels": labels, "index": int(index)}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         if self.sample_transform is not None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler, SequentialSampler
 
 
 @dataclass(frozen=True)
@@ -122,28 +122,23 @@ class BlockShuffleOrder(Sampler[int]):
         return self.n
 
 
-class ShardedBatchSampler(Sampler[list[int]]):
-    """Yields this rank's batches of row ids: shuffled for training, storage order for eval."""
+class ShardedBatchSampler(BatchSampler):
+    """Yields this rank's batches of row ids.
+
+    Shuffled global batches when ``sampler`` is a ``BlockShuffleOrder``, storage order for
+    any other sampler (evaluation). It follows ``BatchSampler``'s signature so that Lightning
+    can rebuild it for ``predict``: the rebuilt one yields the same batches.
+    """
 
     def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        dist: DistContext,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        drop_last: bool = False,
-        block_size: int = 1024,
-        window: int = 16384,
+        self, sampler: Sampler[int], batch_size: int, drop_last: bool, dist: DistContext | None = None
     ) -> None:
-        self.n, self.batch_size, self.dist = n, batch_size, dist
-        self.shuffle, self.drop_last = shuffle, drop_last
-        # ``sampler`` is where Lightning's fit loop looks for ``set_epoch``.
-        self.sampler = BlockShuffleOrder(n, seed, block_size, window) if shuffle else None
+        super().__init__(sampler, batch_size, drop_last)
+        self.dist = dist or DistContext()
+        self.n = len(sampler)  # type: ignore[arg-type]
 
     def batches(self) -> list[np.ndarray]:
-        if self.sampler is None:
+        if not isinstance(self.sampler, BlockShuffleOrder):
             return eval_batches(self.n, self.batch_size, self.dist)
         return train_batches(self.sampler.permutation(), self.batch_size, self.dist, self.drop_last)
 
@@ -153,7 +148,23 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         step = self.batch_size * self.dist.world_size
-        if self.sampler is None:
+        if not isinstance(self.sampler, BlockShuffleOrder):
             return math.ceil(self.n / step)
         full, tail = divmod(self.n, step)
         return full + int(not self.drop_last and tail >= self.dist.world_size)
+
+
+def make_batch_sampler(
+    n: int,
+    batch_size: int,
+    dist: DistContext,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    block_size: int = 1024,
+    window: int = 16384,
+) -> ShardedBatchSampler:
+    """Training (``shuffle``) or evaluation batches of ``n`` rows for one rank."""
+    order = BlockShuffleOrder(n, seed, block_size, window) if shuffle else SequentialSampler(range(n))
+    return ShardedBatchSampler(order, batch_size, drop_last and shuffle, dist)

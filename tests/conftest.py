@@ -71,6 +71,7 @@ def run_config(tmp_path: Path) -> Path:
   default_root_dir: {tmp_path}/runs
   enable_progress_bar: false
   enable_model_summary: false
+  log_every_n_steps: 1
   logger:
     - class_path: pytorch_lightning.loggers.TensorBoardLogger
       init_args: {{save_dir: {tmp_path}/runs, name: test}}
@@ -99,3 +100,9 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI(args=...) warns when sys.argv also holds arguments (pytest's own)."""
+    monkeypatch.setattr("sys.argv", ["fashion_lake"])

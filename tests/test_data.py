@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import deeplake
+import numpy as np
+import pytest
+import torch
+
+from fashion_lake import DeepLakeDataModule
+from fashion_lake.ingest import FASHION_MNIST_CLASSES
+from fashion_lake.lake import LakeError
+from fashion_lake.sampler import DistContext
+from fashion_lake.transforms import SeedTransform
+
+MakeLake = Callable[..., str]
+
+
+@pytest.fixture
+def make_lake(tmp_path: Path) -> MakeLake:
+    """Write a small lake with chosen columns, labels and class names; return its path."""
+
+    def make(
+        rows: int = 10,
+        image_column: str = "images",
+        labels: list[int] | None = None,
+        class_names: list[str] | None = ("a", "b", "c"),
+    ) -> str:
+        url = str(tmp_path / f"lake-{len(list(tmp_path.iterdir()))}")
+        ds = deeplake.create(url)
+        ds.add_column(image_column, deeplake.types.Image(dtype="uint8", sample_compression="null"))
+        ds.add_column("labels", deeplake.types.ClassLabel("int32"))
+        if class_names is not None:
+            ds["labels"].metadata["class_names"] = list(class_names)
+        if rows:
+            labels = labels if labels is not None else [i % 3 for i in range(rows)]
+            ds.append({image_column: np.zeros((rows, 4, 4, 1), np.uint8), "labels": np.array(labels, np.int32)})
+        ds.commit()
+        return url
+
+    return make
+
+
+def test_standalone_notebook_flow(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (16, 1, 28, 28) and batch["images"].dtype == torch.uint8
+    assert batch["labels"].dtype == torch.int64 and batch["index"].dtype == torch.int64
+    assert 0 <= batch["labels"].min() and batch["labels"].max() < 10
+    assert dm.class_names == FASHION_MNIST_CLASSES and dm.num_classes == 10 and dm.num_channels == 1
+    ready = dm.prepare_batch(batch, train=True)
+    assert ready["images"].dtype == torch.float32
+    assert ready["images"].min() >= -1.0 and ready["images"].max() <= 1.0
+    # the loader returns exactly the stored rows
+    ds = deeplake.open_read_only(tiny_lakes["train"])
+    rows = batch["index"].tolist()
+    stored = np.stack([ds["images"][i] for i in rows])
+    np.testing.assert_array_equal(batch["images"].permute(0, 2, 3, 1).numpy(), stored)
+    assert batch["labels"].tolist() == [int(ds["labels"][i]) for i in rows]
+
+
+def test_eval_batches_are_normalised_without_rotation(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16)
+    batch = next(iter(dm.val_dataloader()))
+    ready = dm.prepare_batch(batch, train=False)
+    expected = (batch["images"].float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(ready["images"], expected)
+    assert batch["index"].tolist() == list(range(16))  # storage order
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_reads_every_row_once(tiny_lakes: dict[str, str], num_workers: int) -> None:
+    dm = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16,
+        num_workers=num_workers, drop_last=False, block_size=32, shuffle_window=64,
+    )  # fmt: skip
+    seen = [batch["index"] for batch in dm.train_dataloader()]
+    rows = torch.cat(seen).tolist()
+    assert sorted(rows) == list(range(120)) and rows != list(range(120))
+    val = torch.cat([b["index"] for b in dm.val_dataloader()]).tolist()
+    assert val == list(range(50))
+
+
+def test_injected_ranks_shard_the_loader(tiny_lakes: dict[str, str]) -> None:
+    consumed = []
+    for rank in range(2):
+        dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], global_batch_size=20)
+        dm.dist = DistContext(rank, 2)
+        batches = [b["index"] for b in dm.train_dataloader()]
+        assert all(len(b) == 10 for b in batches)
+        consumed.append(torch.cat(batches))
+    assert sorted(torch.cat(consumed).tolist()) == list(range(120))
+
+
+def test_seed_transform_path_goes_through_ds_pytorch(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8,
+        train_transform={"images": SeedTransform(train=True)}, eval_transform={"images": SeedTransform(train=False)},
+    )  # fmt: skip
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["images"].shape == (8, 1, 28, 28) and batch["images"].dtype == torch.float32
+    fast = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8)
+    expected = fast.prepare_batch(next(iter(fast.val_dataloader())), train=False)
+    torch.testing.assert_close(batch["images"], expected["images"])
+    assert dm.prepare_batch(batch, train=True) is batch  # already float: passes through
+    train = next(iter(dm.train_dataloader()))
+    assert train["images"].dtype == torch.float32 and len(train["labels"]) == 8
+
+
+def test_missing_lake_without_raw_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FASHION_LAKE_RAW_DIR", raising=False)
+    dm = DeepLakeDataModule(train_url=str(tmp_path / "nope-train"), val_url=str(tmp_path / "nope-val"))
+    with pytest.raises(LakeError, match="no Deep Lake dataset at .*nope-train.*--data.raw_dir"):
+        dm.prepare_data()
+    assert not (tmp_path / "nope-train").exists()
+
+
+def test_prepare_data_builds_missing_lakes_from_raw_dir(tiny_raw_dir: Path, tmp_path: Path) -> None:
+    dm = DeepLakeDataModule(
+        train_url=str(tmp_path / "train"), val_url=str(tmp_path / "val"), raw_dir=str(tiny_raw_dir)
+    )
+    assert dm.num_classes == 10  # known before the build, for the model link
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 120 and len(dm.datasets["val"]) == 50
+
+
+def test_missing_columns_are_listed(make_lake: MakeLake) -> None:
+    url = make_lake(image_column="pixels")
+    dm = DeepLakeDataModule(train_url=url, val_url=url)
+    with pytest.raises(LakeError, match=r"no column 'images'; it has \['pixels', 'labels'\]"):
+        dm.setup("fit")
+
+
+def test_labels_outside_class_range(make_lake: MakeLake) -> None:
+    url = make_lake(rows=4, labels=[0, 1, 5, 2])
+    with pytest.raises(LakeError, match="row 2 .* has label 5, outside 0..2"):
+        DeepLakeDataModule(train_url=url, val_url=url).setup("validate")
+
+
+def test_no_class_names(make_lake: MakeLake) -> None:
+    url = make_lake(class_names=None)
+    with pytest.raises(LakeError, match="no class names .* --data.class_names"):
+        DeepLakeDataModule(train_url=url, val_url=url).setup("validate")
+    dm = DeepLakeDataModule(train_url=url, val_url=url, class_names=["x", "y", "z"])
+    dm.setup("validate")
+    assert dm.class_names == ["x", "y", "z"]
+
+
+def test_empty_dataset(make_lake: MakeLake) -> None:
+    url = make_lake(rows=0)
+    with pytest.raises(LakeError, match="is empty"):
+        DeepLakeDataModule(train_url=url, val_url=url).setup("fit")
+
+
+def test_val_classes_must_match_train(make_lake: MakeLake, tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=make_lake())
+    with pytest.raises(LakeError, match="has classes"):
+        dm.setup("fit")
+
+
+def test_bad_batch_settings() -> None:
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        DeepLakeDataModule(batch_size=0)
+    dm = DeepLakeDataModule(global_batch_size=10)
+    dm.dist = DistContext(0, 3)
+    with pytest.raises(LakeError, match="does not divide evenly"):
+        _ = dm.per_device_batch_size
