@@ -220,7 +220,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.__dict__.pop("_reference", None)
 
     def setup(self, stage: str) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[
+            stage
+        ]
         for split in splits:
             info = self.info(split)
             if info.class_names != self.class_names:
@@ -234,7 +236,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 info,
                 self.image_column,
                 self.label_column,
-                ColumnTransform(transforms, (self.image_column, self.label_column)) if transforms is not None else None,
+                ColumnTransform(transforms, (self.image_column, self.label_column))
+                if transforms is not None
+                else None,
                 self.block_size,
                 cache_blocks=max(1, self.shuffle_window // self.block_size) + 1,
             )

@@ -134,9 +134,7 @@ def read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims)) + 4 + 4 * ndim
     if len(data) != expected:
-        raise IngestError(
-            f"{path} is truncated or padded: {len(data)} bytes, header says {expected}."
-        )
+        raise IngestError(f"{path} is truncated or padded: {len(data)} bytes, header says {expected}.")
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -198,9 +196,7 @@ def load_image_folder(
         raise IngestError(f"image folder {str(root)!r} is not a directory.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
-        raise IngestError(
-            f"{root} has no class subfolders; expected root/<class_name>/<image files>."
-        )
+        raise IngestError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
     files = [
         (path, label)
         for label, name in enumerate(classes)
@@ -267,7 +263,7 @@ def write_lake(
     else:
         if deeplake.exists(dest, creds=creds or {}, token=token):
             state = open_lake(dest, creds, token, check_complete=False).metadata
-            if not overwrite and (INGEST_KEY not in state.keys() or state[INGEST_KEY] == "complete"):
+            if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
                 raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
             deeplake.delete(dest, creds=creds or {}, token=token)
         work_url = dest

@@ -72,11 +72,9 @@ def open_lake(
             + "."
         )
         raise LakeError(f"cannot open Deep Lake dataset {url!r}: {e}. {hint}") from e
-    if check_complete and hasattr(ds, "metadata") and INGEST_KEY in ds.metadata.keys():
-        if ds.metadata[INGEST_KEY] != "complete":
-            raise LakeError(
-                f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it)."
-            )
+    meta = getattr(ds, "metadata", {})  # query views have none
+    if check_complete and INGEST_KEY in meta and meta[INGEST_KEY] != "complete":
+        raise LakeError(f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it).")
     return ds
 
 
@@ -110,7 +108,7 @@ def inspect_lake(
         raise LakeError(f"{url!r} is empty (0 rows); ingest data into it first.")
     if class_names is None:
         meta = ds[label_column].metadata
-        if "class_names" not in meta.keys() or not meta["class_names"]:
+        if "class_names" not in meta or not meta["class_names"]:
             raise LakeError(
                 f"column {label_column!r} of {url!r} has no class names in its metadata; make it "
                 "a ClassLabel column with metadata['class_names'] or pass --data.class_names."
@@ -119,7 +117,9 @@ def inspect_lake(
     class_names = [str(c) for c in class_names]
     labels = np.asarray(ds[label_column][0:rows])
     if labels.ndim != 1:
-        raise LakeError(f"column {label_column!r} of {url!r} holds {labels.shape[1:]} arrays, not one class id per row.")
+        raise LakeError(
+            f"column {label_column!r} of {url!r} holds {labels.shape[1:]} arrays, not one class id per row."
+        )
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= len(class_names):
         bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])

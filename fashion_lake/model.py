@@ -49,7 +49,9 @@ def build_model(num_classes: int, in_channels: int = 1, pretrained: bool = False
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if pretrained:
         with torch.no_grad():
-            stem = rgb_stem if in_channels == 3 else rgb_stem.sum(1, keepdim=True).repeat(1, in_channels, 1, 1)
+            stem = (
+                rgb_stem if in_channels == 3 else rgb_stem.sum(1, keepdim=True).repeat(1, in_channels, 1, 1)
+            )
             net.conv1.weight.copy_(stem / (1 if in_channels == 3 else in_channels))
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
@@ -63,7 +65,8 @@ class FashionMnistModule(pl.LightningModule):
         class_names: Class names, for predictions (linked from the data module).
         in_channels: Image channels (linked from the data module).
         pretrained: Start from ImageNet weights (downloads them once).
-        optimizer: Any ``torch.optim`` optimizer, e.g. ``{class_path: torch.optim.SGD, init_args: {lr: 0.1}}``.
+        optimizer: Any ``torch.optim`` optimizer, e.g.
+            ``{class_path: torch.optim.SGD, init_args: {lr: 0.1}}``.
         lr_schedule: ``one_cycle`` (warm up to the optimizer's lr, then anneal), ``cosine``
             (anneal from it) or ``constant``; steps come from the Trainer's run length.
         label_smoothing: Cross-entropy label smoothing.

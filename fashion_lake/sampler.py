@@ -73,9 +73,7 @@ def per_device_batch(batch_size: int | None, global_batch_size: int | None, worl
     return global_batch_size // world_size
 
 
-def train_batches(
-    order: np.ndarray, batch_size: int, dist: DistContext, drop_last: bool
-) -> list[np.ndarray]:
+def train_batches(order: np.ndarray, batch_size: int, dist: DistContext, drop_last: bool) -> list[np.ndarray]:
     """This rank's slice of each global batch of ``order``.
 
     Tail policy: with ``drop_last`` the last incomplete global batch is dropped (the same rows

@@ -65,7 +65,9 @@ class BatchTransform:
             raise ValueError(f"need degrees >= 0 and std > 0, got {degrees} and {std}")
         self.degrees, self.mean, self.std = degrees, mean, std
 
-    def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         x = images.float().div_(255.0)
         if train and self.degrees and len(x):
             x = rotate(x, self.degrees, generator)
@@ -75,7 +77,9 @@ class BatchTransform:
 def rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rotate each image of a float batch by its own angle drawn from U(-degrees, degrees)."""
     n = x.shape[0]
-    angle = (torch.rand(n, generator=generator, device=generator.device if generator else "cpu") * 2 - 1) * degrees
+    angle = (
+        torch.rand(n, generator=generator, device=generator.device if generator else "cpu") * 2 - 1
+    ) * degrees
     theta = angle.to(x.device) * (math.pi / 180.0)
     cos, sin = torch.cos(theta), torch.sin(theta)
     zero = torch.zeros_like(cos)

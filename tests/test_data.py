@@ -35,7 +35,9 @@ def make_lake(tmp_path: Path) -> MakeLake:
             ds["labels"].metadata["class_names"] = list(class_names)
         if rows:
             labels = labels if labels is not None else [i % 3 for i in range(rows)]
-            ds.append({image_column: np.zeros((rows, 4, 4, 1), np.uint8), "labels": np.array(labels, np.int32)})
+            ds.append(
+                {image_column: np.zeros((rows, 4, 4, 1), np.uint8), "labels": np.array(labels, np.int32)}
+            )
         ds.commit()
         return url
 
@@ -49,7 +51,7 @@ def test_standalone_notebook_flow(tiny_lakes: dict[str, str]) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (16, 1, 28, 28) and batch["images"].dtype == torch.uint8
     assert batch["labels"].dtype == torch.int64 and batch["index"].dtype == torch.int64
-    assert 0 <= batch["labels"].min() and batch["labels"].max() < 10
+    assert batch["labels"].min() >= 0 and batch["labels"].max() < 10
     assert dm.class_names == FASHION_MNIST_CLASSES and dm.num_classes == 10 and dm.num_channels == 1
     ready = dm.prepare_batch(batch, train=True)
     assert ready["images"].dtype == torch.float32
@@ -87,7 +89,9 @@ def test_an_epoch_reads_every_row_once(tiny_lakes: dict[str, str], num_workers: 
 def test_injected_ranks_shard_the_loader(tiny_lakes: dict[str, str]) -> None:
     consumed = []
     for rank in range(2):
-        dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], global_batch_size=20)
+        dm = DeepLakeDataModule(
+            train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], global_batch_size=20
+        )
         dm.dist = DistContext(rank, 2)
         batches = [b["index"] for b in dm.train_dataloader()]
         assert all(len(b) == 10 for b in batches)
@@ -98,7 +102,8 @@ def test_injected_ranks_shard_the_loader(tiny_lakes: dict[str, str]) -> None:
 def test_seed_transform_path_goes_through_ds_pytorch(tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(
         train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8,
-        train_transform={"images": SeedTransform(train=True)}, eval_transform={"images": SeedTransform(train=False)},
+        train_transform={"images": SeedTransform(train=True)},
+        eval_transform={"images": SeedTransform(train=False)},
     )  # fmt: skip
     batch = next(iter(dm.val_dataloader()))
     assert batch["images"].shape == (8, 1, 28, 28) and batch["images"].dtype == torch.float32

@@ -41,7 +41,9 @@ def test_image_folder_ingest(tmp_path: Path) -> None:
     for name, count in [("cat", 3), ("dog", 2), ("ant", 4)]:
         (tmp_path / "src" / name).mkdir(parents=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "src" / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "src" / name / f"{i}.png"
+            )
     dest = str(tmp_path / "lake")
     image_folder(root=str(tmp_path / "src"), dest=dest)
     ds = deeplake.open_read_only(dest)

@@ -22,13 +22,19 @@ def test_pretrained_offline_fails_clearly(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(model, "PRETRAINED_URL", f"http://127.0.0.1:{closed_port}/resnet18.pth")
-    with pytest.raises(ModelError, match="could not download the ImageNet ResNet18 weights.*pretrained false"):
+    with pytest.raises(
+        ModelError, match="could not download the ImageNet ResNet18 weights.*pretrained false"
+    ):
         build_model(10, pretrained=True)
 
 
 def test_module_steps_and_predicts() -> None:
     module = FashionMnistModule(num_classes=3, class_names=["a", "b", "c"])
-    batch = {"images": torch.randn(4, 1, 28, 28), "labels": torch.tensor([0, 1, 2, 1]), "index": torch.arange(4)}
+    batch = {
+        "images": torch.randn(4, 1, 28, 28),
+        "labels": torch.tensor([0, 1, 2, 1]),
+        "index": torch.arange(4),
+    }
     module.eval()
     out = module.predict_step(batch, 0)
     assert out["index"].tolist() == [0, 1, 2, 3]

@@ -5,9 +5,9 @@ import pytest
 
 from fashion_lake.sampler import (
     DistContext,
-    make_batch_sampler,
     block_shuffle,
     eval_batches,
+    make_batch_sampler,
     per_device_batch,
     train_batches,
 )
