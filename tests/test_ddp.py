@@ -15,12 +15,13 @@ from fashion_lake.sampler import block_shuffle
 
 TESTS = Path(__file__).resolve().parent
 TRAIN_ROWS, VAL_ROWS, BATCH = 120, 50, 16
+DDP2 = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
@@ -60,7 +61,7 @@ def ddp_fit(tiny_lakes: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp / "ckpt"),
             "--trainer.callbacks.save_last", "true"]  # fmt: skip
     cmd = _cli("fit", args, tmp / "fit", "--data.num_workers", "2", "--trainer.max_epochs", "2")
-    _run([sys.executable, "-m", "fashion_lake", *cmd, "--trainer.devices", "2", "--trainer.strategy", "ddp"], tmp)
+    _run([sys.executable, "-m", "fashion_lake", *cmd, *DDP2], tmp)
     return tmp, args
 
 
@@ -77,7 +78,7 @@ def test_ddp_fit_without_workers(tiny_lakes: dict[str, str], tmp_path: Path) -> 
             "--data.batch_size", str(BATCH), "--trainer.enable_progress_bar", "false",
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
     cmd = _cli("fit", args, tmp_path / "fit", "--data.num_workers", "0", "--trainer.max_epochs", "1")
-    _run([sys.executable, "-m", "fashion_lake", *cmd, "--trainer.devices", "2", "--trainer.strategy", "ddp"], tmp_path)
+    _run([sys.executable, "-m", "fashion_lake", *cmd, *DDP2], tmp_path)
     _assert_train_shards(_records(tmp_path / "fit", 2), epochs=1)
 
 
@@ -109,10 +110,29 @@ def test_two_nodes_with_torchrun(tiny_lakes: dict[str, str], tmp_path: Path, clo
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(closed_port),
-             "-m", "fashion_lake", *cmd],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(closed_port),
+                "-m",
+                "fashion_lake",
+                *cmd,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for rank in (0, 1)
     ]
