@@ -152,13 +152,66 @@ def _collate_rows(rows: list[dict]) -> dict:
     return default_collate(rows) if rows else {}
 
 
+class BlockCache:
+    """Recently read blocks of ``block_size`` consecutive rows, in one preallocated slab.
+
+    A batch is served by a single gather from the slab; only blocks not yet held are read
+    (one contiguous request each), replacing the least recently used ones. Holding a shuffle
+    window's blocks means each block is read once per window.
+    """
+
+    def __init__(
+        self, block_size: int, capacity: int, read: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    ):
+        self.block_size, self.capacity, self.read = block_size, max(1, capacity), read
+        self.slots: OrderedDict[int, int] = OrderedDict()  # block -> slot, least recent first
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+
+    def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blocks = idx // self.block_size
+        wanted, where = np.unique(blocks, return_inverse=True)
+        wanted_list = wanted.tolist()
+        if len(wanted_list) > self.capacity:  # a batch wider than the cache: grow, never thrash
+            self._resize(len(wanted_list))
+        for block in wanted_list:
+            if block in self.slots:
+                self.slots.move_to_end(block)
+        for block in wanted_list:
+            if block not in self.slots:
+                self._load(block)
+        slot = np.fromiter((self.slots[b] for b in wanted_list), np.int64, len(wanted_list))
+        rows = slot[where] * self.block_size + (idx - blocks * self.block_size)
+        return self.images[rows], self.labels[rows]
+
+    def _load(self, block: int) -> None:
+        start = block * self.block_size
+        images, labels = self.read(start, start + self.block_size)
+        if self.images is None:
+            self._resize(self.capacity, images)
+        if len(self.slots) < self.capacity:
+            slot = len(self.slots)
+        else:
+            _, slot = self.slots.popitem(last=False)
+        rows = slice(slot * self.block_size, slot * self.block_size + len(images))
+        self.images[rows], self.labels[rows] = images, labels
+        self.slots[block] = slot
+
+    def _resize(self, capacity: int, like: np.ndarray | None = None) -> None:
+        like = self.images if like is None else like
+        images = np.empty((capacity * self.block_size, *like.shape[1:]), dtype=like.dtype)
+        labels = np.empty(capacity * self.block_size, dtype=np.int64)
+        if self.images is not None:
+            images[: len(self.images)], labels[: len(self.labels)] = self.images, self.labels
+        self.images, self.labels, self.capacity = images, labels, capacity
+
+
 class LakeDataset(Dataset):
     """Rows of one Deep Lake dataset as ``{'images', 'labels', 'index'}``.
 
     Fast path (no ``sample_transform``): ``__getitems__`` returns a whole batch with images
-    as uint8 ``(B, C, H, W)``, read as contiguous blocks of ``block_size`` rows and kept in a
-    per-process LRU of ``cache_blocks`` blocks, so a block-shuffled epoch reads each block
-    once. Normalisation and augmentation then run on whole batches on the device.
+    as uint8 ``(B, C, H, W)``, gathered from a per-process ``BlockCache`` of contiguous
+    column reads. Normalisation and augmentation then run on whole batches on the device.
 
     Fidelity path (a ``sample_transform``): each row goes through ``ds.pytorch(transform)``
     one at a time, as in the Deep Lake tutorial.
@@ -181,18 +234,19 @@ class LakeDataset(Dataset):
         self._ds: Any = None
         self._rows: Any = None
         self._pid: int | None = None
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: BlockCache | None = None
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": OrderedDict()}
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": None}
 
     @property
     def ds(self) -> Any:
         if self._ds is None or self._pid != os.getpid():
             self._ds = self.source.open()
             self._rows = self._ds.pytorch(transform=self.sample_transform)
-            self._pid, self._cache = os.getpid(), OrderedDict()
+            self._cache = BlockCache(self.block_size, self.cache_blocks, self._read)
+            self._pid = os.getpid()
         return self._ds
 
     def __len__(self) -> int:
@@ -213,40 +267,26 @@ class LakeDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict:
         if self.sample_transform is not None:
             return _collate_rows([self[i] for i in indices])
+        self.ds  # noqa: B018 - opens the handle (and cache) in this process
         idx = np.asarray(indices, dtype=np.int64)
-        images = np.empty((len(idx), *self.info.sample_shape), dtype=np.uint8)
-        labels = np.empty(len(idx), dtype=np.int64)
-        blocks = idx // self.block_size
-        for block in np.unique(blocks):
-            block_images, block_labels = self._block(int(block))
-            hit = blocks == block
-            offset = idx[hit] - block * self.block_size
-            images[hit] = block_images[offset]
-            labels[hit] = block_labels[offset]
+        images, labels = self._cache.gather(idx)
         return {
-            "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            "images": torch.from_numpy(images),
             "labels": torch.from_numpy(labels),
             "index": torch.from_numpy(idx),
         }
 
-    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        ds = self.ds
-        if block in self._cache:
-            self._cache.move_to_end(block)
-            return self._cache[block]
-        start = block * self.block_size
-        stop = min(start + self.block_size, self.info.rows)
-        images = ds[self.image_column][start:stop]
+    def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` as contiguous column slices: images (N, C, H, W), labels (N,)."""
+        stop = min(stop, self.info.rows)
+        images = self.ds[self.image_column][start:stop]
         if not isinstance(images, np.ndarray) or images.dtype == object:
             raise LakeError(
                 f"rows {start}..{stop - 1} of {self.source.url!r} hold images of differing shapes; "
                 "re-ingest with one size (python -m fashion_lake.ingest image_folder --image_size N)."
             )
-        entry = (_hwc(images, batched=True), np.asarray(ds[self.label_column][start:stop], dtype=np.int64))
-        self._cache[block] = entry
-        if len(self._cache) > self.cache_blocks:
-            self._cache.popitem(last=False)
-        return entry
+        chw = _hwc(images, batched=True).transpose(0, 3, 1, 2)
+        return chw, np.asarray(self.ds[self.label_column][start:stop], dtype=np.int64)
 
 
 def _hwc(images: np.ndarray, batched: bool = False) -> np.ndarray:
