@@ -19,7 +19,9 @@ def fitted(cli_args: list[str], tmp_path: Path) -> Path:
     cli = cli_main(["fit", *cli_args])
     assert cli.config.fit.trainer.use_distributed_sampler is False
     assert cli.model.net.fc.out_features == 10 and cli.model.class_names[0] == "T-shirt/top"
-    assert {"train_loss", "val_acc", "val_loss"} <= set(cli.trainer.callback_metrics)
+    metrics = cli.trainer.callback_metrics
+    assert {"train_loss", "train_acc", "val_acc", "val_loss", "data_wait"} <= set(metrics)
+    assert 0.0 <= float(metrics["data_wait"]) < 1.0
     return _last_ckpt(tmp_path / "runs")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from fashion_lake import DeepLakeDataModule
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
-from fashion_lake.lake import LakeError
+from fashion_lake.lake import BlockCache, LakeError
 from fashion_lake.sampler import DistContext
 from fashion_lake.transforms import SeedTransform
 
@@ -174,3 +174,25 @@ def test_bad_batch_settings() -> None:
     dm.dist = DistContext(0, 3)
     with pytest.raises(LakeError, match="does not divide evenly"):
         _ = dm.per_device_batch_size
+
+
+def test_block_cache_reads_each_block_once_per_window() -> None:
+    data = np.arange(1000 * 2, dtype=np.uint8).reshape(1000, 2) % 251
+    reads: list[int] = []
+
+    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        reads.append(start)
+        return data[start:stop], np.arange(start, min(stop, 1000))
+
+    cache = BlockCache(block_size=100, capacity=4, read=read)
+    rng = np.random.default_rng(0)
+    window = rng.permutation(np.arange(200, 600))  # 4 blocks, shuffled
+    for batch in np.array_split(window, 10):
+        images, labels = cache.gather(batch)
+        np.testing.assert_array_equal(images, data[batch])
+        np.testing.assert_array_equal(labels, batch)
+    assert sorted(reads) == [200, 300, 400, 500]
+    wide = np.array([0, 999, 150, 250, 650, 750])  # 6 blocks > capacity: grows, stays correct
+    images, labels = cache.gather(wide)
+    np.testing.assert_array_equal(images, data[wide])
+    assert cache.capacity == 6
