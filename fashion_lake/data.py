@@ -74,6 +74,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         block_size: Rows read in one contiguous request and cached together.
         shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
             is closer to a uniform shuffle and holds more blocks in memory per worker.
+        train_query: Deep Lake TQL query selecting the training rows, e.g.
+            ``SELECT * WHERE labels IN (0, 6)``; class ids and names keep their meaning.
+        val_query: The same for validation, test and predict rows.
         creds: Storage credentials passed to Deep Lake (e.g. ``aws_access_key_id``, ``endpoint_url``).
         token: Activeloop token for ``al://`` and ``hub://`` datasets.
     """
@@ -100,6 +103,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         normalize: tuple[float, float] = (0.5, 0.5),
         block_size: int = 1024,
         shuffle_window: int = 16384,
+        train_query: str | None = None,
+        val_query: str | None = None,
         creds: dict[str, str] | None = None,
         token: str | None = None,
     ) -> None:
@@ -123,10 +128,11 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.transforms = {"train": train_transform, "eval": eval_transform}
         self.batch_transform = BatchTransform(rotation, *normalize)
         self.block_size, self.shuffle_window = block_size, shuffle_window
+        self.train_query, self.val_query = train_query, val_query
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None
         self.datasets: dict[str, LakeDataset] = {}
-        self._infos: dict[str, LakeInfo] = {}
+        self._infos: dict[tuple[str, str | None], LakeInfo] = {}
 
     # ------------------------------------------------------------------ distribution
     @property
@@ -151,7 +157,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ what the model links to
     def _source(self, split: str) -> LakeSource:
-        return LakeSource(self.urls[split], self.creds, self.token)
+        query = self.train_query if split == "train" else self.val_query
+        return LakeSource(self.urls[split], self.creds, self.token, query)
 
     def _buildable(self, split: str) -> bool:
         url = self.urls[split]
@@ -159,12 +166,15 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     def info(self, split: str) -> LakeInfo:
         """Checked facts about one split's dataset (opened once, then cached)."""
-        url = self.urls[split]
-        if url not in self._infos:
-            self._infos[url] = inspect_lake(
-                self._source(split).open(), url, self.image_column, self.label_column, self.user_class_names
+        source = self._source(split)
+        key = (source.url, source.query)
+        if key not in self._infos:
+            base = source.open_base()
+            view = source.open() if source.query else base
+            self._infos[key] = inspect_lake(
+                view, source.url, self.image_column, self.label_column, self.user_class_names, base
             )
-        return self._infos[url]
+        return self._infos[key]
 
     @cached_property
     def _reference(self) -> LakeInfo | None:

@@ -94,8 +94,12 @@ def inspect_lake(
     image_column: str,
     label_column: str,
     class_names: Sequence[str] | None = None,
+    base: Any = None,
 ) -> LakeInfo:
-    """Check columns, size, class names and label range; return what the loaders need."""
+    """Check columns, size, class names and label range; return what the loaders need.
+
+    ``ds`` may be a query view; class names then come from ``base``, the dataset it views.
+    """
     columns = [c.name for c in ds.schema.columns]
     missing = [c for c in (image_column, label_column) if c not in columns]
     if missing:
@@ -105,9 +109,9 @@ def inspect_lake(
         )
     rows = len(ds)
     if rows == 0:
-        raise LakeError(f"{url!r} is empty (0 rows); ingest data into it first.")
+        raise LakeError(f"{url!r} is empty (0 rows); ingest data into it first, or widen the query.")
     if class_names is None:
-        meta = ds[label_column].metadata
+        meta = (ds if base is None else base)[label_column].metadata
         if "class_names" not in meta or not meta["class_names"]:
             raise LakeError(
                 f"column {label_column!r} of {url!r} has no class names in its metadata; make it "
@@ -143,9 +147,23 @@ class LakeSource:
     url: str
     creds: dict[str, str] | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    query: str | None = None
+
+    def open_base(self) -> Any:
+        return open_lake(self.url, self.creds, self.token)
 
     def open(self) -> Any:
-        return open_lake(self.url, self.creds, self.token)
+        """The dataset, or the view its TQL ``query`` selects."""
+        ds = self.open_base()
+        if not self.query:
+            return ds
+        try:
+            return ds.query(self.query)
+        except Exception as e:
+            raise LakeError(
+                f"query {self.query!r} on {self.url!r} failed: {e}. Queries are Deep Lake TQL, e.g. "
+                '"SELECT * WHERE labels IN (0, 1)" or "SELECT * WHERE ROW_NUMBER() < 1000".'
+            ) from e
 
 
 def _collate_rows(rows: list[dict]) -> dict:

@@ -196,3 +196,31 @@ def test_block_cache_reads_each_block_once_per_window() -> None:
     images, labels = cache.gather(wide)
     np.testing.assert_array_equal(images, data[wide])
     assert cache.capacity == 6
+
+
+def test_queries_select_rows_and_keep_class_names(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8, drop_last=False,
+        train_query="SELECT * WHERE labels IN (0, 6)", val_query="SELECT * WHERE labels = 9",
+    )  # fmt: skip
+    dm.setup("fit")
+    ds = deeplake.open_read_only(tiny_lakes["train"])
+    all_labels = np.asarray(ds["labels"][0 : len(ds)])
+    assert len(dm.datasets["train"]) == int(np.isin(all_labels, [0, 6]).sum())
+    labels = torch.cat([b["labels"] for b in dm.train_dataloader()])
+    assert set(labels.tolist()) == {0, 6} and len(labels) == len(dm.datasets["train"])
+    assert set(torch.cat([b["labels"] for b in dm.val_dataloader()]).tolist()) == {9}
+    assert dm.class_names == FASHION_MNIST_CLASSES and dm.num_classes == 10
+
+
+def test_bad_query_is_reported(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], train_query="SELEKT nothing"
+    )
+    with pytest.raises(LakeError, match="query 'SELEKT nothing' on .* failed"):
+        dm.setup("fit")
+    empty = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], train_query="SELECT * WHERE labels > 100"
+    )
+    with pytest.raises(LakeError, match="is empty .* widen the query"):
+        empty.setup("fit")
