@@ -1,11 +1,17 @@
-"""Callbacks that show what a run is doing: where step time goes."""
+"""Callbacks that show what a run is doing: step time, pictures, curves, predictions."""
 
 from __future__ import annotations
 
+import csv
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fashion_lake import plots
 
 
 class DataWait(pl.Callback):
@@ -37,3 +43,157 @@ class DataWait(pl.Callback):
         pl_module.log(
             "data_wait", self._wait / step if step > 0 else 0.0, on_step=True, on_epoch=True, batch_size=1
         )
+
+
+def _tensorboard(trainer: pl.Trainer) -> Any:
+    """The TensorBoard SummaryWriter of the run, if it logs to TensorBoard."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """Where this run's logs, checkpoints and reports go."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class Reports(pl.Callback):
+    """What a person wants to look at, in TensorBoard and as files in the run directory.
+
+    TensorBoard: a grid of augmented training images with class names at fit start; a
+    confusion matrix and a per-class accuracy table after each validation and test.
+    Files: ``metrics.csv`` (per epoch), ``curves.png`` and ``confusion_val.png`` at the end of
+    ``fit``; ``confusion_test.png`` and ``per_class_test.md`` at the end of ``test``.
+    """
+
+    def __init__(self, grid_images: int = 32) -> None:
+        self.grid_images = grid_images
+        self.history: list[dict[str, float]] = []
+        self._train_losses: list[float] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:
+            writer = _tensorboard(trainer)
+            if writer is not None and len(batch["labels"]):
+                n = min(self.grid_images, len(batch["labels"]))
+                transform = trainer.datamodule.batch_transform if trainer.datamodule else None
+                mean, std = (transform.mean, transform.std) if transform else (0.5, 0.5)
+                figure = plots.image_grid(
+                    batch["images"][:n], batch["labels"][:n].tolist(), pl_module.class_names, mean, std
+                )
+                writer.add_figure("train/augmented_images", figure, global_step=0)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._train_losses.append(float(loss))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = self._epoch_row(trainer)
+        if self._train_losses:
+            row["train_loss"] = sum(self._train_losses) / len(self._train_losses)
+        if "train_acc" in trainer.callback_metrics:
+            row["train_acc"] = float(trainer.callback_metrics["train_acc"])
+        self._train_losses = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit":
+            row = self._epoch_row(trainer)
+            for key in ("val_acc", "val_loss"):
+                if key in trainer.callback_metrics:
+                    row[key] = float(trainer.callback_metrics[key])
+        self._report_confusion(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report_confusion(trainer, pl_module, "test")
+        if trainer.is_global_zero and "test" in pl_module.confusion:
+            out = run_dir(trainer)
+            out.mkdir(parents=True, exist_ok=True)
+            matrix = pl_module.confusion["test"]
+            figure = plots.confusion_figure(matrix, pl_module.class_names, "test")
+            figure.savefig(out / "confusion_test.png")
+            (out / "per_class_test.md").write_text(
+                plots.per_class_table(matrix, pl_module.class_names) + "\n"
+            )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.history:
+            return
+        out = run_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        keys = ["epoch", *sorted({k for row in self.history for k in row} - {"epoch"})]
+        with (out / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        plots.curves_figure(self.history).savefig(out / "curves.png")
+        if "val" in pl_module.confusion:
+            figure = plots.confusion_figure(pl_module.confusion["val"], pl_module.class_names, "validation")
+            figure.savefig(out / "confusion_val.png")
+
+    def _epoch_row(self, trainer: pl.Trainer) -> dict[str, float]:
+        if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
+            self.history.append({"epoch": trainer.current_epoch})
+        return self.history[-1]
+
+    def _report_confusion(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        writer = _tensorboard(trainer)
+        if not trainer.is_global_zero or writer is None or stage not in pl_module.confusion:
+            return
+        matrix = pl_module.confusion[stage]
+        step = trainer.global_step
+        writer.add_figure(
+            f"{stage}/confusion_matrix", plots.confusion_figure(matrix, pl_module.class_names, stage), step
+        )
+        writer.add_text(
+            f"{stage}/per_class_accuracy", plots.per_class_table(matrix, pl_module.class_names), step
+        )
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.csv`` (row index, class name, class id, probability) to the run directory.
+
+    With several processes each writes ``predictions-rank<R>.csv``; together they hold every row once.
+    """
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self._file: Any = None
+        self._writer: Any = None
+        self.path: Path | None = None
+        self.rows = 0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        name = self.filename
+        if trainer.world_size > 1:
+            stem, _, suffix = name.rpartition(".")
+            name = f"{stem}-rank{trainer.global_rank}.{suffix}"
+        self.path = run_dir(trainer) / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(["index", "class_name", "class_id", "probability"])
+        self.rows = 0
+
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
+        batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        rows = zip(
+            prediction["index"].tolist(), prediction["class_name"], prediction["class_id"].tolist(),
+            prediction["probability"].tolist(), strict=True,
+        )  # fmt: skip
+        for index, name, class_id, probability in rows:
+            self._writer.writerow([index, name, class_id, f"{probability:.6f}"])
+            self.rows += 1
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._file.close()
+        print(f"Wrote {self.rows} predictions to {self.path}")

@@ -8,6 +8,7 @@ augmented float tensors in ``on_after_batch_transfer``, on the accelerator when 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -171,9 +172,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         if key not in self._infos:
             base = source.open_base()
             view = source.open() if source.query else base
-            self._infos[key] = inspect_lake(
+            info = inspect_lake(
                 view, source.url, self.image_column, self.label_column, self.user_class_names, base
             )
+            self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids())
         return self._infos[key]
 
     @cached_property

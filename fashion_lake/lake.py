@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, default_collate
 from fashion_lake.errors import FashionLakeError
 
 INGEST_KEY = "fashion_lake.ingest"
+ROW_ID = "fashion_lake_row"
 REMOTE_SCHEMES = ("s3://", "gcs://", "gs://", "azure://", "az://", "al://", "hub://", "https://")
 
 
@@ -86,6 +87,7 @@ class LakeInfo:
     class_names: list[str]
     sample_shape: tuple[int, ...]  # H, W, C
     version: str | None
+    row_ids: np.ndarray | None = field(default=None, repr=False, compare=False)  # view row -> dataset row
 
 
 def inspect_lake(
@@ -136,7 +138,7 @@ def inspect_lake(
         first = first[..., None]
     if first.ndim != 4:
         raise LakeError(f"column {image_column!r} of {url!r} does not hold HxWxC images ({first.shape[1:]}).")
-    version = getattr(ds, "version", None)
+    version = getattr(base if base is not None else ds, "version", None)
     return LakeInfo(rows, class_names, tuple(first.shape[1:]), version)
 
 
@@ -154,7 +156,16 @@ class LakeSource:
 
     def open(self) -> Any:
         """The dataset, or the view its TQL ``query`` selects."""
-        ds = self.open_base()
+        return self._query(self.open_base())
+
+    def row_ids(self) -> np.ndarray | None:
+        """For a query view, the dataset row behind each view row (so ``index`` names real rows)."""
+        if not self.query:
+            return None
+        view = self._query(self.open_base().query(f"SELECT *, ROW_NUMBER() AS {ROW_ID}"))
+        return np.asarray(view[ROW_ID][0 : len(view)], dtype=np.int64)
+
+    def _query(self, ds: Any) -> Any:
         if not self.query:
             return ds
         try:
@@ -280,7 +291,8 @@ class LakeDataset(Dataset):
         labels = row[self.label_column]
         if isinstance(labels, np.ndarray | np.generic):  # Deep Lake's read-only scalars
             labels = int(labels)
-        return {"images": images, "labels": labels, "index": int(index)}
+        row = int(index) if self.info.row_ids is None else int(self.info.row_ids[index])
+        return {"images": images, "labels": labels, "index": row}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         if self.sample_transform is not None:
@@ -288,10 +300,11 @@ class LakeDataset(Dataset):
         self.ds  # noqa: B018 - opens the handle (and cache) in this process
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self._cache.gather(idx)
+        rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         return {
             "images": torch.from_numpy(images),
             "labels": torch.from_numpy(labels),
-            "index": torch.from_numpy(idx),
+            "index": torch.from_numpy(rows),
         }
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

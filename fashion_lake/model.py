@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import ResNet18_Weights, resnet18
 
 from fashion_lake.errors import FashionLakeError
@@ -93,6 +93,9 @@ class FashionMnistModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.confusion: dict[str, torch.Tensor] = {}  # last epoch's, for reports
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -106,20 +109,33 @@ class FashionMnistModule(pl.LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def _evaluate(self, batch: dict, accuracy: MulticlassAccuracy, mean_loss: MeanMetric, stage: str) -> None:
+    def _evaluate(self, batch: dict, stage: str) -> None:
         # Batches may be empty on some ranks (see sampler.eval_batches); metrics sum exactly.
         labels = batch["labels"].long()
         logits = self(batch["images"])
+        accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy.update(logits, labels)
         mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
+        getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), labels)
         self.log(f"{stage}_acc", accuracy, prog_bar=True)
         self.log(f"{stage}_loss", mean_loss)
 
+    def _keep_confusion(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_confusion")
+        self.confusion[stage] = metric.compute().cpu()  # synced over ranks: every rank calls it
+        metric.reset()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_acc, self.val_loss, "val")
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._keep_confusion("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_acc, self.test_loss, "test")
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._keep_confusion("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probabilities = self(batch["images"]).softmax(dim=1)

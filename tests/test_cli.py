@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
+import deeplake
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_lake.cli import cli_main, main
+from fashion_lake.ingest import FASHION_MNIST_CLASSES
 
 
 def _last_ckpt(root: Path) -> Path:
@@ -25,6 +32,26 @@ def fitted(cli_args: list[str], tmp_path: Path) -> Path:
     return _last_ckpt(tmp_path / "runs")
 
 
+def _events(run: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_fit_writes_reports(fitted: Path) -> None:
+    run = fitted.parents[1]
+    tags = _events(run).Tags()
+    assert {"train/augmented_images", "val/confusion_matrix"} <= set(tags["images"])
+    assert "val/per_class_accuracy/text_summary" in tags["tensors"]
+    assert {"train_loss", "val_acc", "data_wait_epoch"} <= set(tags["scalars"])
+    for name in ("curves.png", "confusion_val.png"):
+        with Image.open(run / name) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 1 and {"train_loss", "train_acc", "val_acc", "val_loss"} <= set(rows[0])
+    assert 0.0 <= float(rows[0]["val_acc"]) <= 1.0
+
+
 def test_fit_then_validate_test_predict(fitted: Path, cli_args: list[str]) -> None:
     validate = cli_main(["validate", *cli_args, "--ckpt_path", str(fitted)])
     val_acc = float(validate.trainer.callback_metrics["val_acc"])
@@ -35,6 +62,16 @@ def test_fit_then_validate_test_predict(fitted: Path, cli_args: list[str]) -> No
     assert torch.cat([o["index"] for o in outputs]).tolist() == list(range(50))
     names = [n for o in outputs for n in o["class_name"]]
     assert len(names) == 50 and set(names) <= set(predict.model.class_names)
+    written = list(csv.DictReader((Path(predict.trainer.log_dir) / "predictions.csv").open()))
+    assert [int(r["index"]) for r in written] == list(range(50))
+    assert all(FASHION_MNIST_CLASSES[int(r["class_id"])] == r["class_name"] for r in written)
+    assert all(0.0 < float(r["probability"]) <= 1.0 for r in written)
+    test_run = Path(test.trainer.log_dir)
+    assert "test/confusion_matrix" in _events(test_run).Tags()["images"]
+    with Image.open(test_run / "confusion_test.png") as image:
+        assert image.size[0] >= 500
+    table = (test_run / "per_class_test.md").read_text()
+    assert sum(int(line.split("|")[2]) for line in table.splitlines()[2:]) == 50
     # the checkpoint's weights, not fresh ones: validate on it agrees with itself
     again = cli_main(["validate", *cli_args, "--ckpt_path", str(fitted)])
     assert float(again.trainer.callback_metrics["val_acc"]) == val_acc
@@ -75,3 +112,38 @@ def test_unknown_config_key_is_rejected(cli_args: list[str], capsys: pytest.Capt
         main(["fit", *cli_args, "--data.batch_sizee", "3"])
     assert exit_info.value.code != 0
     assert "batch_sizee" in capsys.readouterr().err
+
+
+def test_print_config_runs_as_is(cli_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *cli_args, "--print_config"])
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    cli = cli_main(["fit", "--config", str(printed), "--trainer.fast_dev_run", "1"])
+    assert cli.trainer.state.finished
+
+
+def test_query_filtered_fit_trains_on_selected_classes(cli_args: list[str], tmp_path: Path) -> None:
+    recorder = [
+        "--trainer.callbacks+=recorder.RowRecorder",
+        "--trainer.callbacks.out_dir",
+        str(tmp_path / "rows"),
+    ]
+    query = ["--data.train_query", "SELECT * WHERE labels IN (0, 9)"]
+    cli_main(
+        [
+            "fit",
+            *cli_args,
+            "--trainer.limit_train_batches",
+            "null",
+            "--data.drop_last",
+            "false",
+            *query,
+            *recorder,
+        ]
+    )
+    record = json.loads((tmp_path / "rows" / "rank0.json").read_text())
+    rows = [i for batch in record["rows"]["train"] for i in batch[1:]]
+    ds = deeplake.open_read_only(cli_args[cli_args.index("--data.train_url") + 1])
+    labels = np.asarray(ds["labels"][0 : len(ds)])
+    assert sorted(rows) == np.flatnonzero(np.isin(labels, [0, 9])).tolist()  # dataset row ids, each once

@@ -209,6 +209,8 @@ def test_queries_select_rows_and_keep_class_names(tiny_lakes: dict[str, str]) ->
     assert len(dm.datasets["train"]) == int(np.isin(all_labels, [0, 6]).sum())
     labels = torch.cat([b["labels"] for b in dm.train_dataloader()])
     assert set(labels.tolist()) == {0, 6} and len(labels) == len(dm.datasets["train"])
+    rows = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
+    assert sorted(rows) == np.flatnonzero(np.isin(all_labels, [0, 6])).tolist()  # dataset row ids
     assert set(torch.cat([b["labels"] for b in dm.val_dataloader()]).tolist()) == {9}
     assert dm.class_names == FASHION_MNIST_CLASSES and dm.num_classes == 10
 
