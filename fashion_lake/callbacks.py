@@ -63,8 +63,9 @@ class Reports(pl.Callback):
 
     TensorBoard: a grid of augmented training images with class names at fit start; a
     confusion matrix and a per-class accuracy table after each validation and test.
-    Files: ``metrics.csv`` (per epoch), ``curves.png`` and ``confusion_val.png`` at the end of
-    ``fit``; ``confusion_test.png`` and ``per_class_test.md`` at the end of ``test``.
+    Files: ``train_images.png`` at fit start; ``metrics.csv`` (per epoch), ``curves.png`` and
+    ``confusion_val.png`` at the end of ``fit``; ``confusion_test.png`` and
+    ``per_class_test.md`` at the end of ``test``.
     """
 
     def __init__(self, grid_images: int = 32) -> None:
@@ -84,6 +85,9 @@ class Reports(pl.Callback):
                 figure = plots.image_grid(
                     batch["images"][:n], batch["labels"][:n].tolist(), pl_module.class_names, mean, std
                 )
+                out = run_dir(trainer)
+                out.mkdir(parents=True, exist_ok=True)
+                figure.savefig(out / "train_images.png")
                 writer.add_figure("train/augmented_images", figure, global_step=0)
 
     def on_train_batch_end(

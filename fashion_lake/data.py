@@ -90,7 +90,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         predict_url: str | None = None,
         raw_dir: str | None = None,
         download: bool = False,
-        batch_size: int = 256,
+        batch_size: int = 128,
         global_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,

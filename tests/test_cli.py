@@ -44,7 +44,7 @@ def test_fit_writes_reports(fitted: Path) -> None:
     assert {"train/augmented_images", "val/confusion_matrix"} <= set(tags["images"])
     assert "val/per_class_accuracy/text_summary" in tags["tensors"]
     assert {"train_loss", "val_acc", "data_wait_epoch"} <= set(tags["scalars"])
-    for name in ("curves.png", "confusion_val.png"):
+    for name in ("curves.png", "confusion_val.png", "train_images.png"):
         with Image.open(run / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 300
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -147,3 +147,21 @@ def test_query_filtered_fit_trains_on_selected_classes(cli_args: list[str], tmp_
     ds = deeplake.open_read_only(cli_args[cli_args.index("--data.train_url") + 1])
     labels = np.asarray(ds["labels"][0 : len(ds)])
     assert sorted(rows) == np.flatnonzero(np.isin(labels, [0, 9])).tolist()  # dataset row ids, each once
+
+
+@pytest.mark.parametrize("overlay", ["fashion-hub.yaml", "rich.yaml", "ddp.yaml", "seed.yaml"])
+def test_overlays_parse(overlay: str, capsys: pytest.CaptureFixture) -> None:
+    configs = Path(__file__).parents[1] / "configs"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(configs / "fashion.yaml"),
+                "--config",
+                str(configs / overlay),
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    assert "use_distributed_sampler: false" in capsys.readouterr().out

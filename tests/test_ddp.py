@@ -78,7 +78,8 @@ def test_ddp_fit_without_workers(tiny_lakes: dict[str, str], tmp_path: Path) -> 
             "--data.batch_size", str(BATCH), "--trainer.enable_progress_bar", "false",
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
     cmd = _cli("fit", args, tmp_path / "fit", "--data.num_workers", "0", "--trainer.max_epochs", "1")
-    _run([sys.executable, "-m", "fashion_lake", *cmd, *DDP2], tmp_path)
+    overlay = ["--config", str(TESTS.parent / "configs" / "ddp.yaml"), "--trainer.devices", "2"]
+    _run([sys.executable, "-m", "fashion_lake", *cmd, *overlay], tmp_path)
     _assert_train_shards(_records(tmp_path / "fit", 2), epochs=1)
 
 

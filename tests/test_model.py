@@ -68,3 +68,13 @@ def test_rotate_turns_counter_clockwise_like_torchvision() -> None:
     angle = ((torch.rand(1, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 20).item()
     theirs = tv_rotate(x, angle)
     assert (ours != theirs).float().mean() < 0.03  # nearest-neighbour rounding at the edges only
+
+
+def test_readme_config_reference_is_current() -> None:
+    from pathlib import Path
+
+    from fashion_lake.reference import BEGIN, END, config_reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
+    assert block == config_reference(), "run: python -m fashion_lake.reference --write README.md"
