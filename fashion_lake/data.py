@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fashion_lake.lake import (
     LakeDataset,
@@ -78,6 +79,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         train_query: Deep Lake TQL query selecting the training rows, e.g.
             ``SELECT * WHERE labels IN (0, 6)``; class ids and names keep their meaning.
         val_query: The same for validation, test and predict rows.
+        use_latest_version: Read each dataset's latest version even when resuming or
+            evaluating a checkpoint that recorded an older one (by default the recorded one).
         creds: Storage credentials passed to Deep Lake (e.g. ``aws_access_key_id``, ``endpoint_url``).
         token: Activeloop token for ``al://`` and ``hub://`` datasets.
     """
@@ -106,6 +109,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         shuffle_window: int = 16384,
         train_query: str | None = None,
         val_query: str | None = None,
+        use_latest_version: bool = False,
         creds: dict[str, str] | None = None,
         token: str | None = None,
     ) -> None:
@@ -130,10 +134,12 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.batch_transform = BatchTransform(rotation, *normalize)
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
+        self.use_latest_version = use_latest_version
+        self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None
         self.datasets: dict[str, LakeDataset] = {}
-        self._infos: dict[tuple[str, str | None], LakeInfo] = {}
+        self._infos: dict[tuple[str, str | None, str | None], LakeInfo] = {}
 
     # ------------------------------------------------------------------ distribution
     @property
@@ -159,7 +165,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ what the model links to
     def _source(self, split: str) -> LakeSource:
         query = self.train_query if split == "train" else self.val_query
-        return LakeSource(self.urls[split], self.creds, self.token, query)
+        url = self.urls[split]
+        version = None if self.use_latest_version else self.pinned.get(url)
+        return LakeSource(url, self.creds, self.token, query, version)
 
     def _buildable(self, split: str) -> bool:
         url = self.urls[split]
@@ -168,7 +176,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
     def info(self, split: str) -> LakeInfo:
         """Checked facts about one split's dataset (opened once, then cached)."""
         source = self._source(split)
-        key = (source.url, source.query)
+        key = (source.url, source.query, source.version)
         if key not in self._infos:
             base = source.open_base()
             view = source.open() if source.query else base
@@ -270,7 +278,15 @@ class DeepLakeDataModule(pl.LightningDataModule):
             block_size=self.block_size,
             window=self.shuffle_window,
         )
-        return DataLoader(
+        if train and len(sampler) == 0:
+            raise LakeError(
+                f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global batch of "
+                f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
+                "--data.drop_last false."
+            )
+        # StatefulDataLoader: Lightning saves its position in checkpoints (exact mid-epoch resume);
+        # with no sampler state it fast-forwards the batch sampler without reading rows.
+        return StatefulDataLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
@@ -292,9 +308,41 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return self._loader("predict")
 
     def prepare_batch(self, batch: dict, train: bool) -> dict:
-        """uint8 images -> normalised float (augmented when ``train``); float batches pass."""
+        """uint8 images -> normalised float (augmented when ``train``); float batches pass.
+
+        Rotation angles come from ``batch['aug_seed']`` when present (see
+        ``on_before_batch_transfer``), else from torch's global generator.
+        """
+        batch = dict(batch)
+        seed = batch.pop("aug_seed", None)
         if batch["images"].dtype == torch.uint8:
-            batch = {**batch, "images": self.batch_transform(batch["images"], train=train)}
+            images = batch["images"]
+            generator = None
+            if seed is not None:
+                generator = torch.Generator(device=images.device).manual_seed(seed)
+            batch["images"] = self.batch_transform(images, train=train, generator=generator)
+        return batch
+
+    def state_dict(self) -> dict:
+        """The URL and Deep Lake version of every dataset in use, saved in checkpoints."""
+        return {
+            "versions": {ds.source.url: ds.info.version for ds in self.datasets.values() if ds.info.version}
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Pin the recorded versions: resumed fit, validate and test read what was trained on."""
+        self.pinned = dict(state_dict.get("versions", {}))
+        self.datasets.clear()
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Seed this batch's augmentation from (seed, epoch, its first row), on the host.
+
+        The angles then depend on nothing a resumed or re-sharded run could lose (not on
+        global RNG state), which keeps mid-epoch resume exact.
+        """
+        if self.trainer is not None and self.trainer.training and len(batch["index"]):
+            epoch, first = self.trainer.current_epoch, int(batch["index"][0])
+            batch = {**batch, "aug_seed": ((self.seed * 1_000_003 + epoch) * 2_147_483_629 + first) % 2**63}
         return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

@@ -150,9 +150,19 @@ class LakeSource:
     creds: dict[str, str] | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     query: str | None = None
+    version: str | None = None  # a Deep Lake commit id; None: the latest
 
     def open_base(self) -> Any:
-        return open_lake(self.url, self.creds, self.token)
+        ds = open_lake(self.url, self.creds, self.token)
+        if self.version is None or getattr(ds, "version", self.version) == self.version:
+            return ds
+        try:
+            return ds.history[self.version].open()
+        except Exception as e:
+            raise LakeError(
+                f"version {self.version} of {self.url!r}, recorded in the checkpoint, cannot be opened "
+                f"({e}). Restore it, or pass --data.use_latest_version true to read the latest version."
+            ) from e
 
     def open(self) -> Any:
         """The dataset, or the view its TQL ``query`` selects."""

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -85,6 +86,7 @@ def curves_figure(history: Sequence[dict[str, float]]) -> Figure:
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=stage)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend()

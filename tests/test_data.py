@@ -226,3 +226,27 @@ def test_bad_query_is_reported(tiny_lakes: dict[str, str]) -> None:
     )
     with pytest.raises(LakeError, match="is empty .* widen the query"):
         empty.setup("fit")
+
+
+def test_download_offline_in_prepare_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    from fashion_lake import ingest
+
+    monkeypatch.delenv("FASHION_LAKE_RAW_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(ingest, "FASHION_MNIST_MIRRORS", [f"http://127.0.0.1:{closed_port}/"])
+    dm = DeepLakeDataModule(train_url=str(tmp_path / "train"), val_url=str(tmp_path / "val"), download=True)
+    with pytest.raises(LakeError, match="could not download train-images-idx3-ubyte.gz .* --data.raw_dir"):
+        dm.prepare_data()
+    assert not (tmp_path / "train").exists()
+
+
+def test_fewer_rows_than_a_batch(tiny_lakes: dict[str, str]) -> None:
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=128)
+    with pytest.raises(LakeError, match="120 training rows, fewer than one global batch of 128"):
+        dm.train_dataloader()
+    dm = DeepLakeDataModule(
+        train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=128, drop_last=False
+    )
+    assert [len(b["labels"]) for b in dm.train_dataloader()] == [120]
