@@ -40,7 +40,7 @@ def _base_args(tiny_lakes: dict[str, str], ckpt_dir: Path) -> list[str]:
     return [
         "--config", str(CONFIGS / "fashion.yaml"), "--config", str(CONFIGS / "resume.yaml"),
         "--data.train_url", tiny_lakes["train"], "--data.val_url", tiny_lakes["test"],
-        "--data.drop_last", "false", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--data.drop_last", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.max_epochs", "2", "--trainer.callbacks.dirpath", str(ckpt_dir),
     ]  # fmt: skip
 
