@@ -32,6 +32,8 @@ class DataWait(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._last_end is None:  # resumed mid-epoch: no previous step to measure from
+            self._last_end = time.perf_counter()
         self._wait = time.perf_counter() - self._last_end
 
     def on_train_batch_end(

@@ -7,8 +7,6 @@ PYTHONPATH (set by the tests), so it runs inside every DDP process.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -42,29 +40,3 @@ class RowRecorder(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "validate":
             self._dump(trainer)
-
-
-class RowLog(pl.Callback):
-    """Appends each training batch's (epoch, step, rows) to a file as it is consumed: survives SIGKILL."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(
-            [trainer.current_epoch, trainer.global_step, trainer.global_rank, batch["index"].tolist()]
-        )
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-
-
-class KillAt(pl.Callback):
-    """SIGKILLs this process as training step ``step`` starts: a preemption, not a clean exit."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
