@@ -110,7 +110,9 @@ def test_seed_transform_path_goes_through_ds_pytorch(tiny_lakes: dict[str, str])
     fast = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8)
     expected = fast.prepare_batch(next(iter(fast.val_dataloader())), train=False)
     torch.testing.assert_close(batch["images"], expected["images"])
-    assert dm.prepare_batch(batch, train=True) is batch  # already float: passes through
+    assert torch.equal(
+        dm.prepare_batch(batch, train=True)["images"], batch["images"]
+    )  # float: passes through
     train = next(iter(dm.train_dataloader()))
     assert train["images"].dtype == torch.float32 and len(train["labels"]) == 8
 
