@@ -178,12 +178,16 @@ class DeepLakeDataModule(pl.LightningDataModule):
         source = self._source(split)
         key = (source.url, source.query, source.version)
         if key not in self._infos:
-            base = source.open_base()
-            view = source.open() if source.query else base
+            base = source.open_base()  # opened once: the view and row ids derive from it
             info = inspect_lake(
-                view, source.url, self.image_column, self.label_column, self.user_class_names, base
+                source.select(base),
+                source.url,
+                self.image_column,
+                self.label_column,
+                self.user_class_names,
+                base,
             )
-            self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids())
+            self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
         return self._infos[key]
 
     @cached_property
@@ -216,8 +220,11 @@ class DeepLakeDataModule(pl.LightningDataModule):
         """Build missing local Fashion-MNIST lakes from the IDX files (once per node)."""
         from fashion_lake.ingest import download_fashion_mnist, fashion_mnist
 
-        for split in ("train", "val", "test", "predict"):
-            url = self.urls[split]
+        checked: set[str] = set()  # test and predict default to val's URL: check each URL once
+        for split, url in self.urls.items():
+            if url in checked:
+                continue
+            checked.add(url)
             if lake_exists(url, self.creds, self.token):
                 continue
             if not is_local(url):

@@ -166,16 +166,17 @@ class LakeSource:
 
     def open(self) -> Any:
         """The dataset, or the view its TQL ``query`` selects."""
-        return self._query(self.open_base())
+        return self.select(self.open_base())
 
-    def row_ids(self) -> np.ndarray | None:
-        """For a query view, the dataset row behind each view row (so ``index`` names real rows)."""
+    def row_ids(self, base: Any) -> np.ndarray | None:
+        """For a query view of ``base``, the dataset row behind each view row (``index`` names real rows)."""
         if not self.query:
             return None
-        view = self._query(self.open_base().query(f"SELECT *, ROW_NUMBER() AS {ROW_ID}"))
+        view = self.select(base.query(f"SELECT *, ROW_NUMBER() AS {ROW_ID}"))
         return np.asarray(view[ROW_ID][0 : len(view)], dtype=np.int64)
 
-    def _query(self, ds: Any) -> Any:
+    def select(self, ds: Any) -> Any:
+        """``ds`` itself, or the view of it that ``query`` selects."""
         if not self.query:
             return ds
         try:
