@@ -56,8 +56,15 @@ def _tensorboard(trainer: pl.Trainer) -> Any:
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """Where this run's logs, checkpoints and reports go."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """Where this run's logs, checkpoints and reports go.
+
+    ``trainer.log_dir`` without its broadcast: that is a collective call, and reports are
+    written on rank 0 alone (calling it there deadlocks DDP).
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
 
 
 class Reports(pl.Callback):

@@ -19,7 +19,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fashion_lake.lake import (
     LakeDataset,
@@ -30,6 +29,7 @@ from fashion_lake.lake import (
     is_local,
     lake_exists,
 )
+from fashion_lake.loader import LakeLoader
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
 from fashion_lake.transforms import BatchTransform, ColumnTransform
 
@@ -139,6 +139,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None
         self.datasets: dict[str, LakeDataset] = {}
+        self._train_loader: LakeLoader | None = None
+        self._train_position: dict | None = None  # from a checkpoint, for the next train loader
         self._infos: dict[tuple[str, str | None, str | None], LakeInfo] = {}
 
     # ------------------------------------------------------------------ distribution
@@ -291,9 +293,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
                 "--data.drop_last false."
             )
-        # StatefulDataLoader: Lightning saves its position in checkpoints (exact mid-epoch resume);
-        # with no sampler state it fast-forwards the batch sampler without reading rows.
-        return StatefulDataLoader(
+        loader = LakeLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
@@ -301,6 +301,12 @@ class DeepLakeDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=train and self.num_workers > 0,
         )
+        if train:
+            self._train_loader = loader
+            if self._train_position is not None:
+                loader.load_state_dict(self._train_position)
+                self._train_position = None
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -331,14 +337,25 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict:
-        """The URL and Deep Lake version of every dataset in use, saved in checkpoints."""
-        return {
+        """Saved in checkpoints: each dataset's URL and Deep Lake version, and the training position."""
+        state: dict[str, Any] = {
             "versions": {ds.source.url: ds.info.version for ds in self.datasets.values() if ds.info.version}
         }
+        if self._train_loader is not None:
+            state["train_position"] = self._train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Pin the recorded versions: resumed fit, validate and test read what was trained on."""
+        """Pin the recorded versions and the training position.
+
+        Resumed fit, validate and test read what was trained on. The position is applied when
+        the train loader is built, which Lightning may do before it restores its own loop state
+        (``trainer.estimated_stepping_batches`` in ``configure_optimizers`` builds it early and
+        Lightning then never hands it the saved state); when Lightning does apply its copy, the
+        two are the same.
+        """
         self.pinned = dict(state_dict.get("versions", {}))
+        self._train_position = state_dict.get("train_position")
         self.datasets.clear()
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

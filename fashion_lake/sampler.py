@@ -126,6 +126,9 @@ class ShardedBatchSampler(BatchSampler):
     Shuffled global batches when ``sampler`` is a ``BlockShuffleOrder``, storage order for
     any other sampler (evaluation). It follows ``BatchSampler``'s signature so that Lightning
     can rebuild it for ``predict``: the rebuilt one yields the same batches.
+
+    ``resume(epoch, rows, batches)`` starts that epoch after its first ``rows`` global rows,
+    counted as ``batches`` steps already taken, whatever world size took them.
     """
 
     def __init__(
@@ -134,22 +137,55 @@ class ShardedBatchSampler(BatchSampler):
         super().__init__(sampler, batch_size, drop_last)
         self.dist = dist or DistContext()
         self.n = len(sampler)  # type: ignore[arg-type]
+        self._resume: tuple[int, int, int] | None = None
+
+    @property
+    def shuffled(self) -> bool:
+        return isinstance(self.sampler, BlockShuffleOrder)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch if isinstance(self.sampler, BlockShuffleOrder) else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.sampler, BlockShuffleOrder):
+            self.sampler.set_epoch(epoch)
+
+    def resume(self, epoch: int, rows: int, batches: int) -> None:
+        if not 0 <= rows <= self.n or batches < 0:
+            raise ValueError(f"cannot resume after {rows} of {self.n} rows ({batches} batches)")
+        self._resume = (epoch, rows, batches)
+
+    def _offset(self) -> tuple[int, int]:
+        """(rows, batches) of this epoch already consumed before a resume."""
+        if self._resume is not None and self.shuffled and self._resume[0] == self.epoch:
+            return self._resume[1], self._resume[2]
+        return 0, 0
+
+    def rows_consumed(self, batches: int) -> int:
+        """Global rows in this epoch's first ``batches`` steps (only the last step can be short)."""
+        rows, done = self._offset()
+        return min(self.n, rows + (batches - done) * self.batch_size * self.dist.world_size)
 
     def batches(self) -> list[np.ndarray]:
-        if not isinstance(self.sampler, BlockShuffleOrder):
+        if not self.shuffled:
             return eval_batches(self.n, self.batch_size, self.dist)
-        return train_batches(self.sampler.permutation(), self.batch_size, self.dist, self.drop_last)
+        rows, _ = self._offset()
+        return train_batches(self.sampler.permutation()[rows:], self.batch_size, self.dist, self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches():
             yield batch.tolist()
+        if self._offset() != (0, 0):
+            self._resume = None  # the resumed epoch is over
 
     def __len__(self) -> int:
         step = self.batch_size * self.dist.world_size
-        if not isinstance(self.sampler, BlockShuffleOrder):
+        if not self.shuffled:
             return math.ceil(self.n / step)
-        full, tail = divmod(self.n, step)
-        return full + int(not self.drop_last and tail >= self.dist.world_size)
+        rows, done = self._offset()
+        full, tail = divmod(self.n - rows, step)
+        return done + full + int(not self.drop_last and tail >= self.dist.world_size)
 
 
 def make_batch_sampler(

@@ -7,6 +7,9 @@ import hashlib
 import os
 import socket
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,8 @@ import pytest
 
 from fashion_lake.ingest import IDX_FILES, fashion_mnist, read_idx
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 CONFIGS = REPO / "configs"
 TINY_ROWS = {"train": 120, "test": 50}
 
@@ -106,3 +110,22 @@ def closed_port() -> int:
 def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     """LightningCLI(args=...) warns when sys.argv also holds arguments (pytest's own)."""
     monkeypatch.setattr("sys.argv", ["fashion_lake"])
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m fashion_lake ARGS`` (or another module) as a subprocess in ``cwd``.
+
+    ``tests/`` is on its PYTHONPATH so configs can name the callbacks in ``recorder.py``; the
+    exit status must be ``returncode`` (output shown otherwise).
+    """
+
+    def run(args: list[str], cwd: Path, returncode: int = 0, module: str = "fashion_lake",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+        cmd = [sys.executable, "-m", module, *args]
+        proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == returncode, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        return proc
+
+    return run

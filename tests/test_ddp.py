@@ -18,13 +18,6 @@ TRAIN_ROWS, VAL_ROWS, BATCH = 120, 50, 16
 DDP2 = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
-def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
 def _cli(subcommand: str, cli_args: list[str], out: Path, *extra: str) -> list[str]:
     return [
         subcommand, *cli_args, "--data.drop_last", "false", "--trainer.accelerator", "cpu",
@@ -52,7 +45,9 @@ def _assert_train_shards(records: list[dict], epochs: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_fit(tiny_lakes: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def ddp_fit(
+    tiny_lakes: dict[str, str], tmp_path_factory: pytest.TempPathFactory, run_cli
+) -> tuple[Path, list[str]]:
     """One 2-process fit with 2 workers per rank; its checkpoint feeds the validate tests."""
     tmp = tmp_path_factory.mktemp("ddp")
     args = ["--data.train_url", tiny_lakes["train"], "--data.val_url", tiny_lakes["test"],
@@ -61,7 +56,7 @@ def ddp_fit(tiny_lakes: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp / "ckpt"),
             "--trainer.callbacks.save_last", "true"]  # fmt: skip
     cmd = _cli("fit", args, tmp / "fit", "--data.num_workers", "2", "--trainer.max_epochs", "2")
-    _run([sys.executable, "-m", "fashion_lake", *cmd, *DDP2], tmp)
+    run_cli([*cmd, *DDP2], tmp)
     return tmp, args
 
 
@@ -73,17 +68,19 @@ def test_ddp_fit_with_workers_reads_each_row_once(ddp_fit: tuple[Path, list[str]
     assert sorted(np.concatenate(val).tolist()) == sorted(list(range(VAL_ROWS)) * 2)  # 2 epochs of validation
 
 
-def test_ddp_fit_without_workers(tiny_lakes: dict[str, str], tmp_path: Path) -> None:
+def test_ddp_fit_without_workers(tiny_lakes: dict[str, str], tmp_path: Path, run_cli) -> None:
     args = ["--data.train_url", tiny_lakes["train"], "--data.val_url", tiny_lakes["test"],
             "--data.batch_size", str(BATCH), "--trainer.enable_progress_bar", "false",
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
     cmd = _cli("fit", args, tmp_path / "fit", "--data.num_workers", "0", "--trainer.max_epochs", "1")
     overlay = ["--config", str(TESTS.parent / "configs" / "ddp.yaml"), "--trainer.devices", "2"]
-    _run([sys.executable, "-m", "fashion_lake", *cmd, *overlay], tmp_path)
+    run_cli([*cmd, *overlay], tmp_path)
     _assert_train_shards(_records(tmp_path / "fit", 2), epochs=1)
 
 
-def test_validate_on_two_processes_equals_one(ddp_fit: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_validate_on_two_processes_equals_one(
+    ddp_fit: tuple[Path, list[str]], tmp_path: Path, run_cli
+) -> None:
     tmp, args = ddp_fit
     ckpt = str(tmp / "ckpt" / "last.ckpt")
     accuracy = {}
@@ -91,7 +88,7 @@ def test_validate_on_two_processes_equals_one(ddp_fit: tuple[Path, list[str]], t
         out = tmp_path / f"validate{world}"
         cmd = _cli("validate", args, out, "--ckpt_path", ckpt, "--trainer.devices", str(world))
         strategy = ["--trainer.strategy", "ddp"] if world > 1 else []
-        _run([sys.executable, "-m", "fashion_lake", *cmd, *strategy], tmp_path)
+        run_cli([*cmd, *strategy], tmp_path)
         records = _records(out, world)
         rows = sorted(i for r in records for b in r["rows"]["val"] for i in b)
         assert rows == list(range(VAL_ROWS)), "validation reads every row exactly once"

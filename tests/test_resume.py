@@ -1,17 +1,95 @@
-"""Runs that survive: checkpoints pin the data version they trained on."""
+"""Runs that survive: SIGKILL mid-epoch and resume, resume on another world size, pinned versions."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import deeplake
 import numpy as np
+import pytest
 import torch
 
 from fashion_lake.cli import cli_main
+from fashion_lake.sampler import block_shuffle
 
 TESTS = Path(__file__).resolve().parent
 CONFIGS = TESTS.parent / "configs"
+TRAIN_ROWS = 120
+
+
+def _steps(out: Path, rank: int = 0) -> list[list[int]]:
+    """``[global_step, *row ids]`` per training step, as RowLog wrote them."""
+    return [json.loads(line) for line in (out / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def resume_args(cli_args: list[str], tmp_path: Path) -> Callable[[str], list[str]]:
+    """Arguments with the shipped resume overlay, checkpointing every 3 steps into a named folder."""
+
+    def args(ckpt_dir: str) -> list[str]:
+        overlay = (CONFIGS / "resume.yaml").read_text()
+        assert "every_n_train_steps: 200" in overlay and "dirpath: runs/fashion/resume" in overlay
+        overlay = overlay.replace("every_n_train_steps: 200", "every_n_train_steps: 3")
+        path = tmp_path / f"resume-{ckpt_dir}.yaml"
+        path.write_text(overlay.replace("runs/fashion/resume", str(tmp_path / ckpt_dir)))
+        return [*cli_args, "--config", str(path), "--trainer.deterministic", "true",
+                "--trainer.limit_train_batches", "null", "--data.drop_last", "false",
+                "--trainer.max_epochs", "2"]  # fmt: skip
+
+    return args
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
+    resume_args: list[str], tmp_path: Path, run_cli, workers: int
+) -> None:
+    """120 rows in steps of 16: 8 steps per epoch, 16 in all; checkpoints after steps 3, 6, 9, ..."""
+    workers_arg = ["--data.num_workers", str(workers)]
+    args = [*resume_args("ckpt"), *workers_arg]
+    log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir"]
+    run_cli(["fit", *resume_args("whole-ckpt"), *workers_arg, *log, str(tmp_path / "whole")], tmp_path)
+    expected = _steps(tmp_path / "whole")
+    assert [s[0] for s in expected] == list(range(16))
+
+    kill = ["--trainer.callbacks+=recorder.KillAt", "--trainer.callbacks.step", "10"]
+    killed = run_cli(["fit", *args, *log, str(tmp_path / "killed"), *kill], tmp_path, returncode=-9)
+    assert _steps(tmp_path / "killed") == expected[:11], killed.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+    run_cli(["fit", *args, *log, str(tmp_path / "resumed"), "--ckpt_path", "last"], tmp_path)
+    # The checkpoint after step 9 holds the position: step 9 onwards again, nothing else.
+    assert _steps(tmp_path / "resumed") == expected[9:]
+    whole = torch.load(tmp_path / "whole" / "weights.pt")
+    resumed = torch.load(tmp_path / "resumed" / "weights.pt")
+    assert whole.keys() == resumed.keys()
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, resumed[name]), f"{name} differs from the uninterrupted run"
+
+
+def test_resume_two_processes_on_one(
+    resume_args: Callable[[str], list[str]], tmp_path: Path, run_cli
+) -> None:
+    """3 steps of 2 x 16 rows on 2 processes (both killed), the rest of the epoch on 1: each row once."""
+    args = [*resume_args("ckpt"), "--data.global_batch_size", "32", "--trainer.max_epochs", "1",
+            "--trainer.accelerator", "cpu", "--trainer.callbacks+=recorder.RowLog"]  # fmt: skip
+    two = ["--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.callbacks+=recorder.KillAt", "--trainer.callbacks.step", "3"]  # fmt: skip
+    run_cli(
+        ["fit", *args, "--trainer.callbacks.out_dir", str(tmp_path / "two"), *two], tmp_path, returncode=-9
+    )
+    one = ["--trainer.devices", "1", "--ckpt_path", "last"]
+    run_cli(["fit", *args, "--trainer.callbacks.out_dir", str(tmp_path / "one"), *one], tmp_path)
+
+    ranks = [_steps(tmp_path / "two", rank)[:3] for rank in (0, 1)]  # step 3 started, then the kill
+    assert [s[0] for s in ranks[0]] == [s[0] for s in ranks[1]] == [0, 1, 2]
+    consumed = [row for step in zip(*ranks, strict=True) for part in step for row in part[1:]]
+    rest = _steps(tmp_path / "one")
+    assert [s[0] for s in rest] == [3]  # 24 rows left: one step of 24 on a single process
+    consumed += [row for step in rest for row in step[1:]]
+    order = block_shuffle(TRAIN_ROWS, seed=0, epoch=0, block_size=1024, window=16384)
+    assert consumed == order.tolist(), "the 2-process order, continued on 1, every row once"
 
 
 def test_checkpoint_pins_the_data_version(tiny_raw_dir: Path, tmp_path: Path, run_config: Path) -> None:

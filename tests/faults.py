@@ -1,0 +1,89 @@
+"""A fault-injecting HTTP proxy for the remote-storage tests: drops or 503s some requests."""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+class FaultyProxy(ThreadingHTTPServer):
+    """Forwards HTTP requests to ``upstream``; fails a ``rate`` of them, seeded, half each way.
+
+    A failed request is either answered ``503 SlowDown`` (as S3 does under load) or has its
+    connection closed without an answer (a reset). ``faults`` counts both, ``requests`` all.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, rate: float, seed: int = 0) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.upstream = urlsplit(upstream)
+        self.rate, self.random = rate, random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests = self.faults = 0
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def decide(self) -> str | None:
+        with self.lock:
+            self.requests += 1
+            if self.random.random() >= self.rate:
+                return None
+            self.faults += 1
+            return self.random.choice(["503", "drop"])
+
+    def __enter__(self) -> FaultyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultyProxy
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        fault = self.server.decide()
+        if fault == "drop":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == "503":
+            message = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(message)))
+            self.end_headers()
+            self.wfile.write(message)
+            return
+        target = self.server.upstream
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        self.send_response(response.status, response.reason)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
