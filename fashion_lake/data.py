@@ -25,6 +25,7 @@ from fashion_lake.lake import (
     LakeError,
     LakeInfo,
     LakeSource,
+    check_secrets,
     inspect_lake,
     is_local,
     lake_exists,
@@ -81,8 +82,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
         val_query: The same for validation, test and predict rows.
         use_latest_version: Read each dataset's latest version even when resuming or
             evaluating a checkpoint that recorded an older one (by default the recorded one).
-        creds: Storage credentials passed to Deep Lake (e.g. ``aws_access_key_id``, ``endpoint_url``).
-        token: Activeloop token for ``al://`` and ``hub://`` datasets.
+        skip_corrupt: Skip rows whose image bytes do not decode, counting them as
+            ``skipped_rows`` in the logs, instead of stopping with an error naming the row.
+        creds: Storage credentials for Deep Lake, e.g. ``endpoint_url`` and ``aws_region``.
+            Secrets only by reference, ``env:NAME`` naming an environment variable (e.g.
+            ``aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY``), so that no saved config,
+            checkpoint or log holds them; left out, Deep Lake reads the standard variables.
+        token: Activeloop token for ``al://`` and ``hub://`` datasets, by reference
+            (``env:ACTIVELOOP_TOKEN``).
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         train_query: str | None = None,
         val_query: str | None = None,
         use_latest_version: bool = False,
+        skip_corrupt: bool = False,
         creds: dict[str, str] | None = None,
         token: str | None = None,
     ) -> None:
@@ -135,7 +143,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version
+        self.skip_corrupt = skip_corrupt
         self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
+        check_secrets(creds, token)
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None
         self.datasets: dict[str, LakeDataset] = {}
@@ -270,6 +280,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 else None,
                 self.block_size,
                 cache_blocks=max(1, self.shuffle_window // self.block_size) + 1,
+                skip_corrupt=self.skip_corrupt,
             )
 
     def _loader(self, split: str) -> DataLoader:

@@ -30,7 +30,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fashion_lake.errors import FashionLakeError
-from fashion_lake.lake import INGEST_KEY, LakeError, is_local, local_path, open_lake
+from fashion_lake.lake import (
+    INGEST_KEY,
+    LakeError,
+    check_secrets,
+    is_local,
+    local_path,
+    open_lake,
+    storage_args,
+)
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -261,14 +269,14 @@ def write_lake(
         final.parent.mkdir(parents=True, exist_ok=True)
         work_url = str(final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     else:
-        if deeplake.exists(dest, creds=creds or {}, token=token):
+        if deeplake.exists(dest, **storage_args(creds, token)):
             state = open_lake(dest, creds, token, check_complete=False).metadata
             if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
                 raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
-            deeplake.delete(dest, creds=creds or {}, token=token)
+            deeplake.delete(dest, **storage_args(creds, token))
         work_url = dest
     try:
-        ds = deeplake.create(work_url, creds=creds or {}, token=token)
+        ds = deeplake.create(work_url, **storage_args(creds, token))
         ds.metadata[INGEST_KEY] = "in_progress"
         ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression=compression))
         ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
@@ -301,6 +309,8 @@ def fashion_mnist(
     download: bool = False,
     compression: Literal["null", "png"] = "null",
     overwrite: bool = False,
+    creds: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> str:
     """Ingest a Fashion-MNIST split from the four IDX .gz files.
 
@@ -311,14 +321,20 @@ def fashion_mnist(
         download: Fetch missing files from torchvision's mirrors into raw_dir first.
         compression: Image sample compression: "null" (raw, fastest to read) or "png".
         overwrite: Replace an existing dataset at dest.
+        creds: Storage credentials; secrets by reference, e.g.
+            ``{endpoint_url: http://..., aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY}``.
+        token: Activeloop token by reference, e.g. ``env:ACTIVELOOP_TOKEN``.
     """
+    check_secrets(creds, token)
     raw_dir = raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
     if raw_dir is None:
         raise IngestError("pass --raw_dir DIR (or set FASHION_LAKE_RAW_DIR).")
     if download:
         download_fashion_mnist(raw_dir)
     images, labels, source = load_fashion_mnist(raw_dir, split)
-    return write_lake(dest, images, labels, FASHION_MNIST_CLASSES, source, compression, overwrite)
+    return write_lake(
+        dest, images, labels, FASHION_MNIST_CLASSES, source, compression, overwrite, creds, token
+    )
 
 
 def image_folder(
@@ -328,6 +344,8 @@ def image_folder(
     image_size: int | None = None,
     compression: Literal["null", "png"] = "null",
     overwrite: bool = False,
+    creds: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> str:
     """Ingest a torchvision ImageFolder tree: root/<class_name>/<image>.
 
@@ -338,9 +356,12 @@ def image_folder(
         image_size: Resize every image to image_size x image_size (needed if sizes differ).
         compression: Image sample compression: "null" (raw) or "png".
         overwrite: Replace an existing dataset at dest.
+        creds: Storage credentials, secrets by reference (see ``fashion_mnist``).
+        token: Activeloop token by reference.
     """
+    check_secrets(creds, token)
     images, labels, classes, source = load_image_folder(root, mode, image_size)
-    return write_lake(dest, images, labels, classes, source, compression, overwrite)
+    return write_lake(dest, images, labels, classes, source, compression, overwrite, creds, token)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -24,11 +24,49 @@ from fashion_lake.errors import FashionLakeError
 
 INGEST_KEY = "fashion_lake.ingest"
 ROW_ID = "fashion_lake_row"
+CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 REMOTE_SCHEMES = ("s3://", "gcs://", "gs://", "azure://", "az://", "al://", "hub://", "https://")
 
 
 class LakeError(FashionLakeError):
     """A dataset or its configuration is unusable; the message says what and how to fix it."""
+
+
+ENV_REFERENCE = "env:"
+SECRET_WORDS = ("secret", "token", "password", "account_key", "sas", "credentials")
+
+
+def check_secrets(creds: dict[str, str] | None, token: str | None = None) -> None:
+    """Refuse secrets given by value: the config, checkpoints and logs would keep them.
+
+    Secrets are named by reference instead, ``env:NAME`` for the environment variable NAME,
+    and resolved only when a dataset is opened (``storage_args``).
+    """
+    named = {**(creds or {}), **({"token": token} if token is not None else {})}
+    for key, value in named.items():
+        is_secret = any(word in key.lower() for word in SECRET_WORDS)
+        if is_secret and not str(value).startswith(ENV_REFERENCE):
+            where = "--data.token" if key == "token" and token is not None else f"--data.creds.{key}"
+            raise LakeError(
+                f"{where} is given by value; it would be written to config.yaml, checkpoints and logs. "
+                f"Put it in an environment variable and pass its name: {key}: env:NAME (or leave it "
+                "out and let Deep Lake read the standard variables, e.g. AWS_SECRET_ACCESS_KEY)."
+            )
+
+
+def _resolve(key: str, value: str) -> str:
+    if not value.startswith(ENV_REFERENCE):
+        return value
+    name = value.removeprefix(ENV_REFERENCE)
+    if name not in os.environ:
+        raise LakeError(f"{key} refers to the environment variable {name}, which is not set; export it.")
+    return os.environ[name]
+
+
+def storage_args(creds: dict[str, str] | None, token: str | None = None) -> dict[str, Any]:
+    """``creds`` and ``token`` for Deep Lake, with ``env:NAME`` references resolved."""
+    resolved = {key: _resolve(f"creds.{key}", str(value)) for key, value in (creds or {}).items()}
+    return {"creds": resolved, "token": None if token is None else _resolve("token", token)}
 
 
 def is_local(url: str) -> bool:
@@ -44,7 +82,7 @@ def lake_exists(url: str, creds: dict[str, str] | None = None, token: str | None
 
     if url.startswith("hub://"):  # Deep Lake 3 datasets: only a query can tell
         return True
-    return bool(deeplake.exists(url, creds=creds or {}, token=token))
+    return bool(deeplake.exists(url, **storage_args(creds, token)))
 
 
 def open_lake(
@@ -60,11 +98,12 @@ def open_lake(
     """
     import deeplake
 
+    args = storage_args(creds, token)
     try:
         if url.startswith("hub://"):
-            ds = deeplake.query(f'SELECT * FROM "{url}"', token=token)
+            ds = deeplake.query(f'SELECT * FROM "{url}"', token=args["token"])
         else:
-            ds = deeplake.open_read_only(url, creds=creds or {}, token=token)
+            ds = deeplake.open_read_only(url, **args)
     except Exception as e:  # deeplake's errors share no base class beyond Exception
         hint = (
             "Check the URL and that the dataset exists there"
@@ -266,11 +305,13 @@ class LakeDataset(Dataset):
         sample_transform: Callable[[Any], dict] | None = None,
         block_size: int = 1024,
         cache_blocks: int = 16,
+        skip_corrupt: bool = False,
     ) -> None:
         self.source, self.info = source, info
         self.image_column, self.label_column = image_column, label_column
         self.sample_transform = sample_transform
         self.block_size, self.cache_blocks = block_size, max(1, cache_blocks)
+        self.skip_corrupt = skip_corrupt
         self._ds: Any = None
         self._rows: Any = None
         self._pid: int | None = None
@@ -294,7 +335,12 @@ class LakeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         self.ds  # noqa: B018 - opens the handle in this process
-        row = self._rows[int(index)]
+        try:
+            row = self._rows[int(index)]
+        except Exception as e:
+            raise LakeError(
+                f"reading row {self._row_id(int(index))} of {self.source.url!r} failed: {e}"
+            ) from e
         if self.sample_transform is None:
             images = torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1)
         else:  # a per-column transform returns the columns under their own names
@@ -312,23 +358,58 @@ class LakeDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self._cache.gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
-        return {
-            "images": torch.from_numpy(images),
-            "labels": torch.from_numpy(labels),
-            "index": torch.from_numpy(rows),
-        }
+        batch = {"images": images, "labels": labels, "index": rows}
+        if self.skip_corrupt:
+            keep = labels != CORRUPT
+            batch = {key: value[keep] for key, value in batch.items()}
+            batch["skipped"] = np.int64(len(keep) - keep.sum())
+        return {key: torch.as_tensor(value) for key, value in batch.items()}
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``start:stop`` as contiguous column slices: images (N, C, H, W), labels (N,)."""
+        """Rows ``start:stop`` as contiguous column slices: images (N, C, H, W), labels (N,).
+
+        Deep Lake retries transient storage errors (resets, 5xx) itself; what still fails is
+        permanent. Corrupt images come back as ``None``: an error naming the row, or with
+        ``skip_corrupt`` a label of ``CORRUPT`` that ``__getitems__`` drops and counts.
+        """
         stop = min(stop, self.info.rows)
-        images = self.ds[self.image_column][start:stop]
-        if not isinstance(images, np.ndarray) or images.dtype == object:
+        try:
+            images = self.ds[self.image_column][start:stop]
+            labels = np.asarray(self.ds[self.label_column][start:stop], dtype=np.int64)
+        except Exception as e:
             raise LakeError(
-                f"rows {start}..{stop - 1} of {self.source.url!r} hold images of differing shapes; "
-                "re-ingest with one size (python -m fashion_lake.ingest image_folder --image_size N)."
-            )
+                f"reading rows {start}..{stop - 1} of {self.source.url!r} failed: {e}. Transient "
+                "storage errors were already retried; check that the storage is reachable and the "
+                "credentials are still valid, then resume with --ckpt_path last."
+            ) from e
+        if not isinstance(images, np.ndarray) or images.dtype == object:
+            images = self._drop_corrupt(list(images), labels, start)
         chw = _hwc(images, batched=True).transpose(0, 3, 1, 2)
-        return chw, np.asarray(self.ds[self.label_column][start:stop], dtype=np.int64)
+        return chw, labels
+
+    def _drop_corrupt(self, images: list, labels: np.ndarray, start: int) -> np.ndarray:
+        bad = [i for i, image in enumerate(images) if image is None]
+        if bad:
+            rows = [self._row_id(start + i) for i in bad]
+            if not self.skip_corrupt:
+                raise LakeError(
+                    f"row {rows[0]} of {self.source.url!r} holds corrupt image bytes (corrupt rows "
+                    f"here: {rows}). Re-ingest the dataset, or pass --data.skip_corrupt true to skip "
+                    "such rows (counted as skipped_rows in the logs)."
+                )
+            shape = next((np.asarray(image).shape for image in images if image is not None), None)
+            for i in bad:
+                images[i], labels[i] = np.zeros(shape or self.info.sample_shape, np.uint8), CORRUPT
+        try:
+            return np.stack([np.asarray(image) for image in images])
+        except ValueError:
+            raise LakeError(
+                f"rows {start}..{start + len(images) - 1} of {self.source.url!r} hold images of differing "
+                "shapes; re-ingest with one size (python -m fashion_lake.ingest image_folder --image_size N)."
+            ) from None
+
+    def _row_id(self, view_row: int) -> int:
+        return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])
 
 
 def _hwc(images: np.ndarray, batched: bool = False) -> np.ndarray:

@@ -100,7 +100,14 @@ class FashionMnistModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def _count_skipped(self, batch: dict, stage: str) -> None:
+        if "skipped" in batch:  # corrupt rows the data module skipped (--data.skip_corrupt)
+            skipped = batch["skipped"].float()
+            self.log(f"{stage}_skipped_rows", skipped, reduce_fx="sum", on_step=False, on_epoch=True,
+                     batch_size=1, sync_dist=True)  # fmt: skip
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._count_skipped(batch, "train")
         images, labels = batch["images"], batch["labels"].long()
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -111,6 +118,7 @@ class FashionMnistModule(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         # Batches may be empty on some ranks (see sampler.eval_batches); metrics sum exactly.
+        self._count_skipped(batch, stage)
         labels = batch["labels"].long()
         logits = self(batch["images"])
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")

@@ -10,18 +10,21 @@ from urllib.parse import urlsplit
 
 
 class FaultyProxy(ThreadingHTTPServer):
-    """Forwards HTTP requests to ``upstream``; fails a ``rate`` of them, seeded, half each way.
+    """Forwards HTTP requests to ``upstream``; fails a seeded ``rate`` of them.
 
-    A failed request is either answered ``503 SlowDown`` (as S3 does under load) or has its
-    connection closed without an answer (a reset). ``faults`` counts both, ``requests`` all.
+    A failed request gets one of ``kinds``: ``503`` (S3's SlowDown, as under load), ``drop``
+    (the connection closed without an answer: a reset) or ``403`` (AccessDenied: permanent).
+    ``faults`` counts the failed requests, ``requests`` all of them.
     """
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, rate: float, seed: int = 0) -> None:
+    def __init__(
+        self, upstream: str, rate: float, kinds: tuple[str, ...] = ("503", "drop"), seed: int = 0
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = urlsplit(upstream)
-        self.rate, self.random = rate, random.Random(seed)
+        self.rate, self.kinds, self.random = rate, kinds, random.Random(seed)
         self.lock = threading.Lock()
         self.requests = self.faults = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -36,7 +39,7 @@ class FaultyProxy(ThreadingHTTPServer):
             if self.random.random() >= self.rate:
                 return None
             self.faults += 1
-            return self.random.choice(["503", "drop"])
+            return self.random.choice(self.kinds)
 
     def __enter__(self) -> FaultyProxy:
         self.thread.start()
@@ -61,9 +64,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.close()
             return
-        if fault == "503":
-            message = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
-            self.send_response(503)
+        if fault in ("503", "403"):
+            code = {"503": b"SlowDown", "403": b"AccessDenied"}[fault]
+            message = b"<Error><Code>" + code + b"</Code><Message>injected</Message></Error>"
+            self.send_response(int(fault))
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(message)))
             self.end_headers()

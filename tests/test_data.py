@@ -252,3 +252,81 @@ def test_fewer_rows_than_a_batch(tiny_lakes: dict[str, str]) -> None:
         train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=128, drop_last=False
     )
     assert [len(b["labels"]) for b in dm.train_dataloader()] == [120]
+
+
+@pytest.fixture
+def corrupt_lake(make_lake: MakeLake) -> str:
+    """12 PNG-compressed rows; rows 3 and 9 hold bytes that are not a PNG."""
+    import io
+
+    from PIL import Image
+
+    url = make_lake(rows=0)
+    ds = deeplake.open(url)
+    ds.remove_column("images")
+    ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression="png"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(buffer, format="PNG")
+    good = buffer.getvalue()
+    bad = good[:16] + b"\x00not a png" * 4
+    images = [bad if row in (3, 9) else good for row in range(12)]
+    ds.append({"images": images, "labels": np.array([row % 3 for row in range(12)], np.int32)})
+    ds.commit()
+    return url
+
+
+def test_corrupt_image_bytes_name_the_row(corrupt_lake: str) -> None:
+    dm = DeepLakeDataModule(train_url=corrupt_lake, val_url=corrupt_lake, batch_size=4)
+    dm.setup("validate")
+    with pytest.raises(
+        LakeError, match=r"row 3 of .* holds corrupt image bytes .*\[3, 9\].*--data.skip_corrupt"
+    ):
+        next(iter(dm.val_dataloader()))
+
+
+def test_skip_corrupt_drops_and_counts_rows(corrupt_lake: str) -> None:
+    dm = DeepLakeDataModule(train_url=corrupt_lake, val_url=corrupt_lake, batch_size=4, skip_corrupt=True)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert sorted(i for b in batches for i in b["index"].tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 10, 11]
+    assert [int(b["skipped"]) for b in batches] == [1, 0, 1]
+    assert all(b["images"].shape[1:] == (1, 4, 4) and (b["images"] == 7).all() for b in batches)
+
+
+def test_skipped_rows_are_logged(corrupt_lake: str, tmp_path: Path) -> None:
+    from fashion_lake.cli import cli_main
+
+    data = ["--data.train_url", corrupt_lake, "--data.val_url", corrupt_lake, "--data.batch_size", "4"]
+    quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    cli = cli_main(["validate", *data, *quiet, "--data.skip_corrupt", "true",
+                    "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.trainer.callback_metrics["val_skipped_rows"] == 2
+
+
+@pytest.mark.parametrize(
+    ("creds", "token", "message"),
+    [
+        ({"aws_secret_access_key": "abc"}, None, r"--data.creds.aws_secret_access_key is given by value"),
+        ({"sas_token": "abc"}, None, r"--data.creds.sas_token is given by value"),
+        (None, "abc", r"--data.token is given by value.*env:NAME"),
+    ],
+)
+def test_secrets_by_value_are_refused(creds: dict | None, token: str | None, message: str) -> None:
+    with pytest.raises(LakeError, match=message) as caught:
+        DeepLakeDataModule(creds=creds, token=token)
+    assert "abc" not in str(caught.value)
+
+
+def test_secret_references_resolve_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fashion_lake.lake import storage_args
+
+    creds = {"endpoint_url": "http://127.0.0.1:9", "aws_secret_access_key": "env:FL_SECRET"}
+    DeepLakeDataModule(creds=creds, token="env:FL_TOKEN")  # references are accepted as given
+    monkeypatch.setenv("FL_SECRET", "s3cr3t")
+    with pytest.raises(LakeError, match="environment variable FL_TOKEN, which is not set"):
+        storage_args(creds, "env:FL_TOKEN")
+    monkeypatch.setenv("FL_TOKEN", "t0k3n")
+    assert storage_args(creds, "env:FL_TOKEN") == {
+        "creds": {"endpoint_url": "http://127.0.0.1:9", "aws_secret_access_key": "s3cr3t"},
+        "token": "t0k3n",
+    }
