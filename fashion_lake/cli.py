@@ -45,10 +45,22 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
     )
 
 
+def _message(error: FashionLakeError) -> str:
+    """The error's own message, also when a DataLoader worker raised it.
+
+    The loader re-raises a worker's error as ``Caught X in DataLoader worker process N`` plus
+    the worker's traceback; the message is the traceback's last line, after ``X: ``.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
     try:
         cli_main(args)
     except FashionLakeError as e:
-        print(f"fashion_lake: error: {e}", file=sys.stderr)
+        print(f"fashion_lake: error: {_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -82,8 +82,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         val_query: The same for validation, test and predict rows.
         use_latest_version: Read each dataset's latest version even when resuming or
             evaluating a checkpoint that recorded an older one (by default the recorded one).
-        skip_corrupt: Skip rows whose image bytes do not decode, counting them as
-            ``skipped_rows`` in the logs, instead of stopping with an error naming the row.
+        skip_corrupt: Skip rows whose image bytes do not decode, counting them in the logs as
+            ``train_skipped_rows`` / ``val_skipped_rows``, instead of stopping with an error
+            naming the row.
         creds: Storage credentials for Deep Lake, e.g. ``endpoint_url`` and ``aws_region``.
             Secrets only by reference, ``env:NAME`` naming an environment variable (e.g.
             ``aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY``), so that no saved config,

@@ -330,3 +330,18 @@ def test_secret_references_resolve_from_the_environment(monkeypatch: pytest.Monk
         "creds": {"endpoint_url": "http://127.0.0.1:9", "aws_secret_access_key": "s3cr3t"},
         "token": "t0k3n",
     }
+
+
+def test_corrupt_row_in_a_worker_is_one_line(
+    corrupt_lake: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from fashion_lake.cli import main
+
+    data = ["--data.train_url", corrupt_lake, "--data.val_url", corrupt_lake, "--data.batch_size", "4"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", *data, "--data.num_workers", "1", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"fashion_lake: error: row 3 of {corrupt_lake!r} holds corrupt image bytes"), last
