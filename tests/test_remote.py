@@ -125,6 +125,20 @@ def test_fit_and_validate_over_s3_never_write_the_secret(
         assert secret not in (proc.stdout + proc.stderr).encode()
 
 
+def test_credentials_from_the_standard_environment(
+    s3: dict, run_config: Path, tmp_path: Path, run_cli
+) -> None:
+    """No creds in the config at all: Deep Lake reads AWS_* variables, endpoint included."""
+    args = _args(s3, run_config, tmp_path)
+    args[args.index(str(tmp_path / "s3.yaml"))] = str(run_config)  # drop the creds overlay
+    env = {"AWS_ACCESS_KEY_ID": s3["env"][KEY_ENV], "AWS_SECRET_ACCESS_KEY": s3["secret"],
+           "AWS_ENDPOINT_URL": s3["endpoint"], "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    proc = run_cli(["validate", *args], tmp_path, env=env)
+    assert "val_acc" in proc.stdout
+    assert s3["secret"] not in proc.stdout + proc.stderr
+    assert _files_holding(tmp_path, s3["secret"].encode()) == []
+
+
 def test_a_secret_given_by_value_is_refused(s3: dict, run_config: Path, tmp_path: Path, run_cli) -> None:
     args = _args(s3, run_config, tmp_path)
     proc = run_cli(["fit", *args, "--data.creds.aws_secret_access_key", s3["secret"]], tmp_path, returncode=2)
