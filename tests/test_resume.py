@@ -24,6 +24,13 @@ def _steps(out: Path, rank: int = 0) -> list[list[int]]:
     return [json.loads(line) for line in (out / f"rank{rank}.jsonl").read_text().splitlines()]
 
 
+def _epoch_end_checkpoint(tmp_path: Path) -> Path:
+    """The killed run's (the second run's) end-of-epoch ``last.ckpt``, in its logger's folder."""
+    ckpt = tmp_path / "runs" / "test" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 8
+    return ckpt
+
+
 @pytest.fixture
 def resume_args(cli_args: list[str], tmp_path: Path) -> Callable[[str], list[str]]:
     """Arguments with the shipped resume overlay, checkpointing every 3 steps into a named folder."""
@@ -41,11 +48,15 @@ def resume_args(cli_args: list[str], tmp_path: Path) -> Callable[[str], list[str
     return args
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("workers", "resume_from"), [(0, "last"), (2, "last"), (0, "epoch_end")])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
-    resume_args: list[str], tmp_path: Path, run_cli, workers: int
+    resume_args: Callable[[str], list[str]], tmp_path: Path, run_cli, workers: int, resume_from: str
 ) -> None:
-    """120 rows in steps of 16: 8 steps per epoch, 16 in all; checkpoints after steps 3, 6, 9, ..."""
+    """120 rows in steps of 16: 8 steps per epoch, 16 in all; checkpoints after steps 3, 6, 9, ...
+
+    ``last`` resumes from the step-9 checkpoint of the resume overlay; ``epoch_end`` from the
+    one the main config's ModelCheckpoint wrote after epoch 0's validation (step 8).
+    """
     workers_arg = ["--data.num_workers", str(workers)]
     args = [*resume_args("ckpt"), *workers_arg]
     log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir"]
@@ -58,9 +69,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     assert _steps(tmp_path / "killed") == expected[:11], killed.stderr[-3000:]
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
-    run_cli(["fit", *args, *log, str(tmp_path / "resumed"), "--ckpt_path", "last"], tmp_path)
-    # The checkpoint after step 9 holds the position: step 9 onwards again, nothing else.
-    assert _steps(tmp_path / "resumed") == expected[9:]
+    ckpt, first = ("last", 9) if resume_from == "last" else (str(_epoch_end_checkpoint(tmp_path)), 8)
+    run_cli(["fit", *args, *log, str(tmp_path / "resumed"), "--ckpt_path", ckpt], tmp_path)
+    # The checkpoint holds the position: from the next step on again, nothing else.
+    assert _steps(tmp_path / "resumed") == expected[first:]
     whole = torch.load(tmp_path / "whole" / "weights.pt")
     resumed = torch.load(tmp_path / "resumed" / "weights.pt")
     assert whole.keys() == resumed.keys()
