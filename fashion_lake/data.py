@@ -368,6 +368,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         """
         self.pinned = dict(state_dict.get("versions", {}))
         self._train_position = state_dict.get("train_position")
+        loader = self._train_loader
+        if self._train_position is not None and loader is not None and not loader.started:
+            loader.load_state_dict(self._train_position)  # built already, e.g. restored after setup
+            self._train_position = None
         self.datasets.clear()
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

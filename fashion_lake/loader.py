@@ -29,8 +29,10 @@ class LakeLoader(StatefulDataLoader):
         super().__init__(*args, **kwargs)
         self._consumed = 0  # batches of the current epoch handed out by this process
         self._resumed_at = 0
+        self.started = False  # whether any iteration has begun (a state can still be loaded)
 
     def __iter__(self) -> Iterator[Any]:
+        self.started = True
         self._consumed, self._resumed_at = self._resumed_at, 0
         for batch in super().__iter__():
             self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed

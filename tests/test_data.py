@@ -345,3 +345,29 @@ def test_corrupt_row_in_a_worker_is_one_line(
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"fashion_lake: error: row 3 of {corrupt_lake!r} holds corrupt image bytes"), last
+
+
+@pytest.mark.parametrize("built_before_restore", [False, True])
+def test_training_position_survives_a_checkpoint(
+    tiny_lakes: dict[str, str], built_before_restore: bool
+) -> None:
+    """The position reaches the train loader whether it is built before or after the restore."""
+
+    def make() -> DeepLakeDataModule:
+        return DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16)
+
+    dm = make()
+    batches = iter(dm.train_dataloader())
+    seen = [next(batches)["index"].tolist() for _ in range(3)]
+    state = dm.state_dict()
+    rest = [b["index"].tolist() for b in batches]
+
+    resumed = make()
+    if built_before_restore:
+        loader = resumed.train_dataloader()
+        resumed.load_state_dict(state)
+    else:
+        resumed.load_state_dict(state)
+        loader = resumed.train_dataloader()
+    assert state["train_position"]["batches"] == 3 and len(seen) == 3
+    assert [b["index"].tolist() for b in loader] == rest
