@@ -25,6 +25,7 @@ from fashion_lake.lake import (
     LakeError,
     LakeInfo,
     LakeSource,
+    brief,
     check_secrets,
     inspect_lake,
     is_local,
@@ -146,6 +147,11 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.use_latest_version = use_latest_version
         self.skip_corrupt = skip_corrupt
         self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
+        if skip_corrupt and (train_transform is not None or eval_transform is not None):
+            raise LakeError(
+                "data.skip_corrupt works on the whole-batch pipeline only; drop data.train_transform / "
+                "data.eval_transform (use rotation and normalize) or data.skip_corrupt."
+            )
         check_secrets(creds, token)
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None
@@ -191,16 +197,24 @@ class DeepLakeDataModule(pl.LightningDataModule):
         source = self._source(split)
         key = (source.url, source.query, source.version)
         if key not in self._infos:
-            base = source.open_base()  # opened once: the view and row ids derive from it
-            info = inspect_lake(
-                source.select(base),
-                source.url,
-                self.image_column,
-                self.label_column,
-                self.user_class_names,
-                base,
-            )
-            self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
+            try:
+                base = source.open_base()  # opened once: the view and row ids derive from it
+                info = inspect_lake(
+                    source.select(base),
+                    source.url,
+                    self.image_column,
+                    self.label_column,
+                    self.user_class_names,
+                    base,
+                )
+                self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
+            except LakeError:
+                raise
+            except Exception as e:  # a storage error while reading labels or the first image
+                raise LakeError(
+                    f"reading {source.url!r} failed: {brief(e)}. Check that the storage is reachable "
+                    "and the credentials are valid."
+                ) from e
         return self._infos[key]
 
     @cached_property
@@ -355,6 +369,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         }
         if self._train_loader is not None:
             state["train_position"] = self._train_loader.state_dict()
+        elif self._train_position is not None:  # restored, not applied yet
+            state["train_position"] = self._train_position
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:

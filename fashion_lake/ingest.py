@@ -325,7 +325,7 @@ def fashion_mnist(
             ``{endpoint_url: http://..., aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY}``.
         token: Activeloop token by reference, e.g. ``env:ACTIVELOOP_TOKEN``.
     """
-    check_secrets(creds, token)
+    check_secrets(creds, token, flag="--")
     raw_dir = raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
     if raw_dir is None:
         raise IngestError("pass --raw_dir DIR (or set FASHION_LAKE_RAW_DIR).")
@@ -359,7 +359,7 @@ def image_folder(
         creds: Storage credentials, secrets by reference (see ``fashion_mnist``).
         token: Activeloop token by reference.
     """
-    check_secrets(creds, token)
+    check_secrets(creds, token, flag="--")
     images, labels, classes, source = load_image_folder(root, mode, image_size)
     return write_lake(dest, images, labels, classes, source, compression, overwrite, creds, token)
 

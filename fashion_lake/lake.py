@@ -33,25 +33,34 @@ class LakeError(FashionLakeError):
 
 
 ENV_REFERENCE = "env:"
-SECRET_WORDS = ("secret", "token", "password", "account_key", "sas", "credentials")
+# Credential keys that name things rather than prove identity; any other key is a secret.
+PUBLIC_CREDS = {
+    "endpoint_url", "aws_region", "region", "profile_name", "aws_access_key_id",
+    "account_name", "client_id", "tenant_id", "creds_key", "project",
+}  # fmt: skip
 
 
-def check_secrets(creds: dict[str, str] | None, token: str | None = None) -> None:
+def check_secrets(creds: dict[str, str] | None, token: str | None = None, flag: str = "--data.") -> None:
     """Refuse secrets given by value: the config, checkpoints and logs would keep them.
 
     Secrets are named by reference instead, ``env:NAME`` for the environment variable NAME,
-    and resolved only when a dataset is opened (``storage_args``).
+    and resolved only when a dataset is opened (``storage_args``). Only the keys in
+    ``PUBLIC_CREDS`` (endpoint, region, key id, ...) may be given by value.
     """
     named = {**(creds or {}), **({"token": token} if token is not None else {})}
     for key, value in named.items():
-        is_secret = any(word in key.lower() for word in SECRET_WORDS)
-        if is_secret and not str(value).startswith(ENV_REFERENCE):
-            where = "--data.token" if key == "token" and token is not None else f"--data.creds.{key}"
+        if key not in PUBLIC_CREDS and not str(value).startswith(ENV_REFERENCE):
+            where = f"{flag}token" if key == "token" and token is not None else f"{flag}creds.{key}"
             raise LakeError(
                 f"{where} is given by value; it would be written to config.yaml, checkpoints and logs. "
                 f"Put it in an environment variable and pass its name: {key}: env:NAME (or leave it "
                 "out and let Deep Lake read the standard variables, e.g. AWS_SECRET_ACCESS_KEY)."
             )
+
+
+def brief(error: BaseException) -> str:
+    """A library's error message on one line (Deep Lake's and S3's span several)."""
+    return " ".join(str(error).split())
 
 
 def _resolve(key: str, value: str) -> str:
@@ -111,7 +120,7 @@ def open_lake(
             + ("; check the credentials (creds/token)" if not is_local(url) else "")
             + "."
         )
-        raise LakeError(f"cannot open Deep Lake dataset {url!r}: {e}. {hint}") from e
+        raise LakeError(f"cannot open Deep Lake dataset {url!r}: {brief(e)}. {hint}") from e
     meta = getattr(ds, "metadata", {})  # query views have none
     if check_complete and INGEST_KEY in meta and meta[INGEST_KEY] != "complete":
         raise LakeError(f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it).")
@@ -200,7 +209,7 @@ class LakeSource:
         except Exception as e:
             raise LakeError(
                 f"version {self.version} of {self.url!r}, recorded in the checkpoint, cannot be opened "
-                f"({e}). Restore it, or pass --data.use_latest_version true to read the latest version."
+                f"({brief(e)}). Restore it, or pass --data.use_latest_version true to read the latest one."
             ) from e
 
     def open(self) -> Any:
@@ -222,7 +231,7 @@ class LakeSource:
             return ds.query(self.query)
         except Exception as e:
             raise LakeError(
-                f"query {self.query!r} on {self.url!r} failed: {e}. Queries are Deep Lake TQL, e.g. "
+                f"query {self.query!r} on {self.url!r} failed: {brief(e)}. Queries are Deep Lake TQL, e.g. "
                 '"SELECT * WHERE labels IN (0, 1)" or "SELECT * WHERE ROW_NUMBER() < 1000".'
             ) from e
 
@@ -337,9 +346,11 @@ class LakeDataset(Dataset):
         self.ds  # noqa: B018 - opens the handle in this process
         try:
             row = self._rows[int(index)]
+        except LakeError:
+            raise
         except Exception as e:
             raise LakeError(
-                f"reading row {self._row_id(int(index))} of {self.source.url!r} failed: {e}"
+                f"reading row {self._row_id(int(index))} of {self.source.url!r} failed: {brief(e)}"
             ) from e
         if self.sample_transform is None:
             images = torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1)
@@ -375,10 +386,12 @@ class LakeDataset(Dataset):
         stop = min(stop, self.info.rows)
         try:
             images = self.ds[self.image_column][start:stop]
-            labels = np.asarray(self.ds[self.label_column][start:stop], dtype=np.int64)
+            labels = np.array(self.ds[self.label_column][start:stop], dtype=np.int64)  # a writable copy
+        except LakeError:
+            raise
         except Exception as e:
             raise LakeError(
-                f"reading rows {start}..{stop - 1} of {self.source.url!r} failed: {e}. Transient "
+                f"reading rows {start}..{stop - 1} of {self.source.url!r} failed: {brief(e)}. Transient "
                 "storage errors were already retried; check that the storage is reachable and the "
                 "credentials are still valid, then resume with --ckpt_path last."
             ) from e

@@ -2,9 +2,10 @@
 
 A checkpoint records where the training epoch stands as ``(epoch, global rows consumed)``
 beside torchdata's own state. Resuming with the same world size, per-device batch and worker
-count hands torchdata its state back (exact, worker RNG included). Resuming with another
-topology (2 processes -> 1, a different worker count) restarts the same global epoch order
-after the rows already consumed, so no row is repeated or skipped (``sampler.py``).
+count, from a run that itself started the epoch at row 0, hands torchdata its state back
+(exact, worker RNG included). Otherwise (2 processes -> 1, another worker count, or a second
+resume within an epoch that was already resumed that way) the loader restarts the same global
+epoch order after the rows already consumed, so no row is repeated or skipped (``sampler.py``).
 
 Only batches handed to the Trainer count as consumed: rows prefetched by workers but not yet
 trained on are read again after a resume.
@@ -17,6 +18,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from fashion_lake.lake import LakeError
 from fashion_lake.sampler import ShardedBatchSampler
 
 
@@ -28,12 +30,17 @@ class LakeLoader(StatefulDataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._consumed = 0  # batches of the current epoch handed out by this process
-        self._resumed_at = 0
-        self.started = False  # whether any iteration has begun (a state can still be loaded)
+        self._loaded: dict[str, Any] | None = None  # a loaded state not yet iterated from
+        self.started = False  # whether any iteration has begun
 
     def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first ``next``, after Lightning's ``set_epoch``.
         self.started = True
-        self._consumed, self._resumed_at = self._resumed_at, 0
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded["epoch"] != self.batch_sampler.epoch:
+            # That epoch ended short of its length (e.g. limit_train_batches): start afresh.
+            self.next_iter_state, loaded = None, None
+        self._consumed = loaded["batches"] if loaded else 0
         for batch in super().__iter__():
             self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
             yield batch
@@ -47,12 +54,16 @@ class LakeLoader(StatefulDataLoader):
         }
 
     def state_dict(self) -> dict[str, Any]:
+        if self._loaded is not None:  # loaded, nothing consumed since: the same position
+            return self._loaded
         sampler = self.batch_sampler
         return {
             "epoch": sampler.epoch,
             "batches": self._consumed,
             "rows": sampler.rows_consumed(self._consumed),
+            "offset": list(sampler.offset()),
             "finished": self._consumed >= len(sampler),
+            "order": sampler.order_key(),
             "topology": self._topology(),
             "torchdata": super().state_dict(),
         }
@@ -62,14 +73,23 @@ class LakeLoader(StatefulDataLoader):
             super().load_state_dict(state_dict)
             return
         sampler = self.batch_sampler
+        self.next_iter_state = None
         if state_dict["finished"]:  # saved at the end of an epoch: the next one starts afresh
             sampler.set_epoch(state_dict["epoch"] + 1)
             super().load_state_dict({})
             return
+        order = sampler.order_key()
+        changed = {k: (v, order.get(k)) for k, v in state_dict["order"].items() if order.get(k) != v}
+        if changed:
+            raise LakeError(
+                "the checkpoint stopped mid-epoch in a training order that no longer applies "
+                f"(checkpoint vs now: {changed}); resume with the same data version and data.seed / "
+                "block_size / shuffle_window / drop_last, or from a checkpoint saved at an epoch end."
+            )
         sampler.set_epoch(state_dict["epoch"])
-        if state_dict["topology"] == self._topology():
+        if state_dict["topology"] == self._topology() and state_dict["offset"] == [0, 0]:
             super().load_state_dict(state_dict["torchdata"])
         else:
             super().load_state_dict({})
             sampler.resume(state_dict["epoch"], state_dict["rows"], state_dict["batches"])
-        self._resumed_at = state_dict["batches"]
+        self._loaded = state_dict

@@ -110,6 +110,8 @@ class FashionMnistModule(pl.LightningModule):
         self._count_skipped(batch, "train")
         images, labels = batch["images"], batch["labels"].long()
         logits = self(images)
+        if not len(labels):  # every row skipped as corrupt: a zero loss keeps DDP's gradients in step
+            return logits.sum() * 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, labels)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
@@ -117,14 +119,16 @@ class FashionMnistModule(pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:
-        # Batches may be empty on some ranks (see sampler.eval_batches); metrics sum exactly.
+        # Batches may be empty on some ranks (see sampler.eval_batches) or after skipping corrupt
+        # rows: such a batch updates no metric, and the metrics still sum exactly over ranks.
         self._count_skipped(batch, stage)
         labels = batch["labels"].long()
-        logits = self(batch["images"])
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
-        accuracy.update(logits, labels)
-        mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
-        getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), labels)
+        if len(labels):
+            logits = self(batch["images"])
+            accuracy.update(logits, labels)
+            mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
+            getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), labels)
         self.log(f"{stage}_acc", accuracy, prog_bar=True)
         self.log(f"{stage}_loss", mean_loss)
 

@@ -156,34 +156,40 @@ class ShardedBatchSampler(BatchSampler):
             raise ValueError(f"cannot resume after {rows} of {self.n} rows ({batches} batches)")
         self._resume = (epoch, rows, batches)
 
-    def _offset(self) -> tuple[int, int]:
-        """(rows, batches) of this epoch already consumed before a resume."""
+    def offset(self) -> tuple[int, int]:
+        """(rows, batches) of this epoch consumed before a resume; (0, 0) once the epoch changes."""
         if self._resume is not None and self.shuffled and self._resume[0] == self.epoch:
             return self._resume[1], self._resume[2]
         return 0, 0
 
+    def order_key(self) -> dict[str, int | bool]:
+        """What the epoch order depends on, besides the epoch; a resume must find it unchanged."""
+        key: dict[str, int | bool] = {"rows": self.n, "drop_last": self.drop_last}
+        if isinstance(self.sampler, BlockShuffleOrder):
+            order = self.sampler
+            key.update(seed=order.seed, block_size=order.block_size, shuffle_window=order.window)
+        return key
+
     def rows_consumed(self, batches: int) -> int:
         """Global rows in this epoch's first ``batches`` steps (only the last step can be short)."""
-        rows, done = self._offset()
+        rows, done = self.offset()
         return min(self.n, rows + (batches - done) * self.batch_size * self.dist.world_size)
 
     def batches(self) -> list[np.ndarray]:
         if not self.shuffled:
             return eval_batches(self.n, self.batch_size, self.dist)
-        rows, _ = self._offset()
+        rows, _ = self.offset()
         return train_batches(self.sampler.permutation()[rows:], self.batch_size, self.dist, self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches():
             yield batch.tolist()
-        if self._offset() != (0, 0):
-            self._resume = None  # the resumed epoch is over
 
     def __len__(self) -> int:
         step = self.batch_size * self.dist.world_size
         if not self.shuffled:
             return math.ceil(self.n / step)
-        rows, done = self._offset()
+        rows, done = self.offset()
         full, tail = divmod(self.n - rows, step)
         return done + full + int(not self.drop_last and tail >= self.dist.world_size)
 

@@ -14,31 +14,43 @@ class FaultyProxy(ThreadingHTTPServer):
 
     A failed request gets one of ``kinds``: ``503`` (S3's SlowDown, as under load), ``drop``
     (the connection closed without an answer: a reset) or ``403`` (AccessDenied: permanent).
-    ``faults`` counts the failed requests, ``requests`` all of them.
+    Reads of data chunks (not Deep Lake's version log, not bucket listings) fail at
+    ``data_rate`` instead (default: ``rate``). Both may change while it runs.
+    ``requests``/``faults`` count all requests and the failed ones, ``data_requests`` /
+    ``data_faults`` those of data chunks.
     """
 
     daemon_threads = True
 
     def __init__(
-        self, upstream: str, rate: float, kinds: tuple[str, ...] = ("503", "drop"), seed: int = 0
+        self,
+        upstream: str,
+        rate: float,
+        kinds: tuple[str, ...] = ("503", "drop"),
+        seed: int = 0,
+        data_rate: float | None = None,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = urlsplit(upstream)
         self.rate, self.kinds, self.random = rate, kinds, random.Random(seed)
+        self.data_rate = rate if data_rate is None else data_rate
         self.lock = threading.Lock()
-        self.requests = self.faults = 0
+        self.requests = self.faults = self.data_requests = self.data_faults = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def decide(self) -> str | None:
+    def decide(self, method: str, path: str) -> str | None:
+        is_data = method == "GET" and "_deeplake_log" not in path and path.strip("/").count("/") >= 2
         with self.lock:
             self.requests += 1
-            if self.random.random() >= self.rate:
+            self.data_requests += is_data
+            if self.random.random() >= (self.data_rate if is_data else self.rate):
                 return None
             self.faults += 1
+            self.data_faults += is_data
             return self.random.choice(self.kinds)
 
     def __enter__(self) -> FaultyProxy:
@@ -59,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = self.server.decide()
+        fault = self.server.decide(self.command, self.path.split("?")[0])
         if fault == "drop":
             self.close_connection = True
             self.connection.close()

@@ -255,24 +255,35 @@ def test_fewer_rows_than_a_batch(tiny_lakes: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def corrupt_lake(make_lake: MakeLake) -> str:
-    """12 PNG-compressed rows; rows 3 and 9 hold bytes that are not a PNG."""
-    import io
+def make_corrupt_lake(make_lake: MakeLake) -> Callable[[tuple[int, ...]], str]:
+    """12 PNG-compressed rows with int64 labels; the ``bad`` rows hold bytes that are not a PNG."""
 
-    from PIL import Image
+    def make(bad: tuple[int, ...]) -> str:
+        import io
 
-    url = make_lake(rows=0)
-    ds = deeplake.open(url)
-    ds.remove_column("images")
-    ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression="png"))
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(buffer, format="PNG")
-    good = buffer.getvalue()
-    bad = good[:16] + b"\x00not a png" * 4
-    images = [bad if row in (3, 9) else good for row in range(12)]
-    ds.append({"images": images, "labels": np.array([row % 3 for row in range(12)], np.int32)})
-    ds.commit()
-    return url
+        from PIL import Image
+
+        url = make_lake(rows=0)
+        ds = deeplake.open(url)
+        ds.remove_column("images")
+        ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression="png"))
+        ds.remove_column("labels")  # int64 labels come back from Deep Lake as read-only arrays
+        ds.add_column("labels", deeplake.types.ClassLabel("int64"))
+        ds["labels"].metadata["class_names"] = ["a", "b", "c"]
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((4, 4), 7, np.uint8)).save(buffer, format="PNG")
+        good = buffer.getvalue()
+        images = [good[:16] + b"\x00not a png" * 4 if row in bad else good for row in range(12)]
+        ds.append({"images": images, "labels": np.array([row % 3 for row in range(12)], np.int64)})
+        ds.commit()
+        return url
+
+    return make
+
+
+@pytest.fixture
+def corrupt_lake(make_corrupt_lake: Callable[[tuple[int, ...]], str]) -> str:
+    return make_corrupt_lake((3, 9))
 
 
 def test_corrupt_image_bytes_name_the_row(corrupt_lake: str) -> None:
@@ -308,6 +319,12 @@ def test_skipped_rows_are_logged(corrupt_lake: str, tmp_path: Path) -> None:
     [
         ({"aws_secret_access_key": "abc"}, None, r"--data.creds.aws_secret_access_key is given by value"),
         ({"sas_token": "abc"}, None, r"--data.creds.sas_token is given by value"),
+        (
+            {"azure_storage_connection_string": "abc"},
+            None,
+            r"azure_storage_connection_string is given by value",
+        ),
+        ({"private_key": "abc"}, None, r"--data.creds.private_key is given by value"),
         (None, "abc", r"--data.token is given by value.*env:NAME"),
     ],
 )
@@ -371,3 +388,26 @@ def test_training_position_survives_a_checkpoint(
         loader = resumed.train_dataloader()
     assert state["train_position"]["batches"] == 3 and len(seen) == 3
     assert [b["index"].tolist() for b in loader] == rest
+
+
+def test_skip_corrupt_needs_the_batch_pipeline(corrupt_lake: str) -> None:
+    with pytest.raises(LakeError, match="skip_corrupt works on the whole-batch pipeline only"):
+        DeepLakeDataModule(
+            train_url=corrupt_lake, skip_corrupt=True, train_transform={"images": SeedTransform()}
+        )
+
+
+def test_training_on_a_batch_of_only_corrupt_rows(make_corrupt_lake, tmp_path: Path) -> None:
+    """Rows 4 and 5 are corrupt and form one batch (blocks of 2 rows, shuffled as blocks)."""
+    from fashion_lake.cli import cli_main
+
+    url = make_corrupt_lake((4, 5))
+    data = ["--data.train_url", url, "--data.val_url", url, "--data.batch_size", "2",
+            "--data.block_size", "2", "--data.shuffle_window", "2"]  # fmt: skip
+    quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    cli = cli_main(["fit", *data, *quiet, "--data.skip_corrupt", "true", "--trainer.max_epochs", "1",
+                    "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert metrics["train_skipped_rows"] == 2 and metrics["val_skipped_rows"] == 2
+    assert cli.trainer.global_step == 6
+    assert all(torch.isfinite(t).all() for t in cli.model.state_dict().values())  # BatchNorm stats too

@@ -83,7 +83,72 @@ def test_other_topology_counts_steps_already_taken() -> None:
     resumed.load_state_dict(states[0])
     assert len(resumed) == 2 + 7  # 63 rows left: 6 full batches of 10 and a tail of 3
     assert len(list(resumed)) == 7
+    resumed.batch_sampler.set_epoch(EPOCH + 1)
     assert len(resumed) == 11, "the resumed epoch is over: the next one is whole"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_second_resume_in_the_same_epoch(workers: int) -> None:
+    """2 processes -> 1 (rows path), killed again, resumed on 1 (same topology as the last run)."""
+    order = block_shuffle(ROWS, SEED, EPOCH, block_size=8, window=32).tolist()
+    first, states = _run(2, 20, steps=2, workers=workers)
+    second = _loader(0, 1, 10, workers=workers)
+    second.load_state_dict(states[0])
+    it = iter(second)
+    middle = [next(it).tolist() for _ in range(2)]
+    third = _loader(0, 1, 10, workers=workers)
+    third.load_state_dict(second.state_dict())
+    rest = [b.tolist() for b in third]
+    assert _global(first) + sum(middle + rest, []) == order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_end_of_an_elastic_epoch_is_finished(workers: int) -> None:
+    """Workers exhaust the batch sampler early; the state at the epoch's end must still say so."""
+    _, states = _run(2, 20, steps=2, workers=workers)
+    resumed = _loader(0, 1, 10, workers=workers)
+    resumed.load_state_dict(states[0])
+    it = iter(resumed)
+    for _ in range(len(resumed) - 2):  # as Lightning: len minus the steps already taken, no StopIteration
+        next(it)
+    state = resumed.state_dict()
+    assert state["finished"] and state["rows"] == ROWS
+    after = _loader(0, 1, 10, workers=workers)
+    after.load_state_dict(state)
+    epoch = sorted(row for b in after for row in b.tolist())
+    assert after.batch_sampler.epoch == EPOCH + 1 and epoch == list(range(ROWS))
+
+
+def test_a_state_taken_before_iterating_keeps_the_position() -> None:
+    """A checkpoint between restoring and the first batch (e.g. during the sanity check)."""
+    _, states = _run(2, 20, steps=2)
+    for loader in (_loader(0, 1, 10), _loader(0, 2, 20)):  # another topology, then the same
+        loader.load_state_dict(states[0])
+        assert {k: loader.state_dict()[k] for k in ("epoch", "batches", "rows")} == {
+            "epoch": EPOCH, "batches": 2, "rows": 40,
+        }  # fmt: skip
+
+
+def test_an_epoch_cut_short_does_not_shorten_the_next() -> None:
+    """limit_train_batches ends an epoch before len(loader): the next epoch is whole."""
+    loader = _loader(0, 1, 10)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    resumed = _loader(0, 1, 10)
+    resumed.load_state_dict(loader.state_dict())
+    resumed.batch_sampler.set_epoch(EPOCH + 1)  # Lightning moves on: that epoch was over
+    assert sorted(row for b in resumed for row in b.tolist()) == list(range(ROWS))
+
+
+def test_a_changed_order_is_refused() -> None:
+    from fashion_lake.lake import LakeError
+
+    _, states = _run(1, 10, steps=2)
+    other = LakeLoader(RowIds(), batch_sampler=make_batch_sampler(
+        ROWS, 10, DistContext(), shuffle=True, seed=SEED + 1, block_size=8, window=32))  # fmt: skip
+    with pytest.raises(LakeError, match=r"training order that no longer applies.*'seed': \(5, 6\)"):
+        other.load_state_dict(states[0])
 
 
 def test_state_saved_at_epoch_end_starts_the_next_epoch() -> None:

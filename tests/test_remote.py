@@ -19,7 +19,7 @@ from faults import FaultyProxy
 from fashion_lake.ingest import fashion_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAIN_ROWS = 120
+TRAIN_ROWS, VAL_ROWS = 120, 50
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_TEST_KEY_ID", "FASHION_LAKE_TEST_SECRET"
 
 
@@ -151,20 +151,21 @@ def test_a_secret_given_by_value_is_refused(s3: dict, run_config: Path, tmp_path
 def test_fit_through_a_faulty_link_reads_every_row_once(
     s3: dict, run_config: Path, tmp_path: Path, run_cli
 ) -> None:
-    """A fifth of all requests to S3 fail (503 or a dropped connection); the run still completes."""
-    with FaultyProxy(s3["endpoint"], rate=0.2, seed=3) as proxy:
+    """A fifth of all requests to S3 fail (503 or a dropped connection), and half the reads of
+    data chunks; 2 workers each read their own blocks. The run completes, each row once."""
+    with FaultyProxy(s3["endpoint"], rate=0.2, data_rate=0.5, seed=3) as proxy:
         args = _args(s3, run_config, tmp_path, endpoint=proxy.url)
         log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir", str(tmp_path / "rows")]
-        run_cli(["fit", *args, *log, "--trainer.max_epochs", "2", "--data.block_size", "32"], tmp_path)
+        run_cli(["fit", *args, *log, "--trainer.max_epochs", "2", "--data.block_size", "32",
+                 "--data.num_workers", "2"], tmp_path)  # fmt: skip
     steps = [json.loads(line) for line in (tmp_path / "rows" / "rank0.jsonl").read_text().splitlines()]
     for epoch in range(2):
         rows = [row for step in steps[epoch * 8 : (epoch + 1) * 8] for row in step[1:]]
         assert sorted(rows) == list(range(TRAIN_ROWS)), f"epoch {epoch}: every row exactly once"
     assert len(steps) == 16
-    print(f"faulty link: {proxy.faults} of {proxy.requests} requests failed")
-    assert proxy.faults >= 5, (
-        f"only {proxy.faults} of {proxy.requests} requests failed: the test tested nothing"
-    )
+    print(f"faulty link: {proxy.faults} of {proxy.requests} requests failed, "
+          f"{proxy.data_faults} of {proxy.data_requests} data chunk reads")  # fmt: skip
+    assert proxy.data_faults >= 3, "data chunk reads must fail too, or the test tests little"
 
 
 def test_a_permanent_storage_error_names_the_url(s3: dict, run_config: Path, tmp_path: Path, run_cli) -> None:
@@ -176,3 +177,36 @@ def test_a_permanent_storage_error_names_the_url(s3: dict, run_config: Path, tmp
     assert last.startswith("fashion_lake: error: cannot open Deep Lake dataset 's3://fashion/")
     assert "Access denied" in last and "check the credentials" in last
     assert time.monotonic() - started < 300
+
+
+def test_storage_failing_mid_run_stops_with_the_url(s3: dict, run_config: Path, tmp_path: Path) -> None:
+    """Every data read is denied once training runs: validation's first read fails, in one line."""
+    with FaultyProxy(s3["endpoint"], rate=0.0, kinds=("403",)) as proxy:
+        args = _args(s3, run_config, tmp_path, endpoint=proxy.url)
+        log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir", str(tmp_path / "rows")]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "fashion_lake",
+            "fit",
+            *args,
+            *log,
+            "--trainer.num_sanity_val_steps",
+            "0",
+        ]
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started = tmp_path / "rows" / "rank0.jsonl"
+        deadline = time.monotonic() + 300
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.data_rate = 1.0  # training has started: from now on the storage refuses every read
+        stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"fashion_lake: error: reading rows 0..{VAL_ROWS - 1} of 's3://fashion/test' failed"
+    ), last
+    assert "Access denied" in last and proxy.data_faults > 0
