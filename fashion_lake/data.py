@@ -25,11 +25,11 @@ from fashion_lake.lake import (
     LakeError,
     LakeInfo,
     LakeSource,
-    brief,
     check_secrets,
     inspect_lake,
     is_local,
     lake_exists,
+    storage_errors,
 )
 from fashion_lake.loader import LakeLoader
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
@@ -197,7 +197,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         source = self._source(split)
         key = (source.url, source.query, source.version)
         if key not in self._infos:
-            try:
+            hint = "Check that the storage is reachable and the credentials are valid."
+            with storage_errors(f"reading {source.url!r}", hint):  # labels, the first image, row ids
                 base = source.open_base()  # opened once: the view and row ids derive from it
                 info = inspect_lake(
                     source.select(base),
@@ -208,13 +209,6 @@ class DeepLakeDataModule(pl.LightningDataModule):
                     base,
                 )
                 self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
-            except LakeError:
-                raise
-            except Exception as e:  # a storage error while reading labels or the first image
-                raise LakeError(
-                    f"reading {source.url!r} failed: {brief(e)}. Check that the storage is reachable "
-                    "and the credentials are valid."
-                ) from e
         return self._infos[key]
 
     @cached_property

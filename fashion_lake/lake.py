@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,20 @@ def check_secrets(creds: dict[str, str] | None, token: str | None = None, flag: 
 def brief(error: BaseException) -> str:
     """A library's error message on one line (Deep Lake's and S3's span several)."""
     return " ".join(str(error).split())
+
+
+@contextmanager
+def storage_errors(what: str, hint: str = "") -> Iterator[None]:
+    """Turn a storage library's error into one ``LakeError``: "{what} failed: {error}. {hint}".
+
+    Our own ``LakeError``s (a missing env var, an unopenable version) pass unchanged.
+    """
+    try:
+        yield
+    except LakeError:
+        raise
+    except Exception as e:  # deeplake's errors share no base class beyond Exception
+        raise LakeError(f"{what} failed: {brief(e)}" + (f". {hint}" if hint else "")) from e
 
 
 def _resolve(key: str, value: str) -> str:
@@ -344,14 +359,8 @@ class LakeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         self.ds  # noqa: B018 - opens the handle in this process
-        try:
+        with storage_errors(f"reading row {self._row_id(int(index))} of {self.source.url!r}"):
             row = self._rows[int(index)]
-        except LakeError:
-            raise
-        except Exception as e:
-            raise LakeError(
-                f"reading row {self._row_id(int(index))} of {self.source.url!r} failed: {brief(e)}"
-            ) from e
         if self.sample_transform is None:
             images = torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1)
         else:  # a per-column transform returns the columns under their own names
@@ -384,17 +393,13 @@ class LakeDataset(Dataset):
         ``skip_corrupt`` a label of ``CORRUPT`` that ``__getitems__`` drops and counts.
         """
         stop = min(stop, self.info.rows)
-        try:
+        hint = (
+            "Transient storage errors were already retried; check that the storage is reachable and "
+            "the credentials are still valid, then resume with --ckpt_path last."
+        )
+        with storage_errors(f"reading rows {start}..{stop - 1} of {self.source.url!r}", hint):
             images = self.ds[self.image_column][start:stop]
             labels = np.array(self.ds[self.label_column][start:stop], dtype=np.int64)  # a writable copy
-        except LakeError:
-            raise
-        except Exception as e:
-            raise LakeError(
-                f"reading rows {start}..{stop - 1} of {self.source.url!r} failed: {brief(e)}. Transient "
-                "storage errors were already retried; check that the storage is reachable and the "
-                "credentials are still valid, then resume with --ckpt_path last."
-            ) from e
         if not isinstance(images, np.ndarray) or images.dtype == object:
             images = self._drop_corrupt(list(images), labels, start)
         chw = _hwc(images, batched=True).transpose(0, 3, 1, 2)
@@ -408,7 +413,7 @@ class LakeDataset(Dataset):
                 raise LakeError(
                     f"row {rows[0]} of {self.source.url!r} holds corrupt image bytes (corrupt rows "
                     f"here: {rows}). Re-ingest the dataset, or pass --data.skip_corrupt true to skip "
-                    "such rows (counted as skipped_rows in the logs)."
+                    "such rows (counted as train_skipped_rows / val_skipped_rows in the logs)."
                 )
             shape = next((np.asarray(image).shape for image in images if image is not None), None)
             for i in bad:
