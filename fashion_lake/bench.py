@@ -1,19 +1,32 @@
-"""Data-path benchmark: five loaders over the same lake, side by side, in one run.
+"""Data-path benchmark: every loader and storage format over the same rows, side by side, in one run.
 
     python -m fashion_lake.bench --url lakes/fashion-mnist-train
 
-Each loader runs one warm-up epoch, then ``--epochs`` timed epochs; the table gives the
-median samples/s. The last line holds the ratios the project tracks:
-``ratio_vs_memory`` (our loader vs an in-memory TensorDataset), ``ratio_vs_naive`` (vs
-``DataLoader(ds.pytorch(), shuffle=True)``) and ``aug_ratio_vs_seed`` (our augmented loader vs
-the tutorial's per-sample PIL pipeline). The two per-row loaders are timed on their first
-``--slow_batches`` batches per epoch (a rate, so comparable), to keep the run short.
+From the raw lake at ``--url`` (our ingest: uncompressed uint8) the benchmark writes png and
+jpeg copies of the same rows with plain ``deeplake`` (``types.Image(sample_compression=...)``
+and ``ClassLabel``, as a user would), then times, each for one warm-up and ``--epochs`` epochs
+(median samples/s of what each loader yields):
+
+1. an in-memory ``TensorDataset`` (the baseline), 2. the naive ``ds.pytorch()`` loader,
+3. the data module on the raw lake, 4. the same plus the float conversion, normalisation and
+rotation that run on the device in training, 5. the tutorial's per-sample PIL pipeline
+(rotation, ``ToTensor``, ``Normalize``), 6./7. the data module on the png/jpeg lakes (its
+defaults: worker processes decode), and 8./9. the decode-only bound: the encoded bytes already
+in memory, decoded on all cores with nothing else to do. The two per-row loaders are timed on their first
+``--slow_batches`` batches per epoch (a rate, so comparable). Memory is PSS (shared pages
+split between the processes that map them), so the main process and its workers add up.
+
+The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_naive``,
+``aug_vs_seed``, ``png_vs_memory`` / ``jpeg_vs_memory`` and ``png_vs_decode`` /
+``jpeg_vs_decode`` (the data module against the decode-only bound).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,19 +37,22 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.decode import decode_all
 from fashion_lake.lake import open_lake
 from fashion_lake.transforms import ColumnTransform, SeedTransform
 
+CODECS = ("png", "jpeg")
 
-def rss_bytes(pids: Iterable[int]) -> int:
-    """Resident memory of these processes (Linux /proc), for the memory check."""
+
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Proportional resident memory of these processes (Linux /proc), for the memory check."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total
 
@@ -48,111 +64,195 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def write_plain_lake(
+    url: str, images: np.ndarray, labels: np.ndarray, compression: str, class_names: list[str]
+) -> None:
+    """Images (N, H, W, C) and labels as a user writes them with plain deeplake."""
+    import deeplake
+
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression=compression))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = list(class_names)
+    for start in range(0, len(images), 4096):
+        ds.append({"images": images[start : start + 4096], "labels": labels[start : start + 4096]})
+    ds.commit()
+
+
 def time_epochs(
     name: str,
-    loader: DataLoader,
+    loader: Iterable,
     epochs: int,
     consume: Callable[[dict], torch.Tensor],
     max_batches: int | None = None,
     set_epoch: Callable[[int], None] | None = None,
 ) -> tuple[float, int, int]:
-    """Median samples/s over ``epochs`` timed epochs after one warm-up, and peak RSS growth in
-    bytes (main process and workers) during the warm-up epoch (opening the dataset, filling
-    caches) and during the timed epochs (relative to the end of the warm-up)."""
+    """Median samples/s over ``epochs`` timed epochs after one warm-up, and peak PSS growth in
+    bytes (main process and workers) during the warm-up epoch (opening the dataset, starting
+    workers, filling caches) and during the timed epochs (relative to the end of the warm-up).
+
+    Memory is sampled every 0.25 s: reading PSS costs ~4 ms a process, which sampled every few
+    batches would slow the fastest loaders measurably.
+    """
     me = os.getpid()
-    base = rss_bytes([me])
+    base = pss_bytes([me])
     peaks, rates = [base, 0], []
+    warm = base
     for epoch in tqdm(range(epochs + 1), desc=name, unit="epoch", leave=False):
         if set_epoch is not None:
             set_epoch(epoch)
         seen, start = 0, time.perf_counter()
+        sampled = start
         for i, batch in enumerate(loader):
             seen += len(consume(batch))
-            if i % 16 == 0:
-                peaks[bool(epoch)] = max(peaks[bool(epoch)], rss_bytes([me, *_children(me)]))
+            if i == 0 or time.perf_counter() - sampled >= 0.25:
+                peaks[bool(epoch)] = max(peaks[bool(epoch)], pss_bytes([me, *_children(me)]))
+                sampled = time.perf_counter()
             if max_batches is not None and i + 1 >= max_batches:
                 break
         if epoch:  # epoch 0 warms caches, workers and allocators
             rates.append(seen / (time.perf_counter() - start))
         else:
-            warm = rss_bytes([me, *_children(me)])
+            warm = pss_bytes([me, *_children(me)])
     return statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0)
+
+
+_ENCODED: list[bytes] = []  # the decode bound's bytes, inherited by its forked processes
+
+
+def _decode_share(args: tuple[int, int, int]) -> int:
+    start, stop, channels = args
+    for at in range(start, stop, 256):
+        decode_all(_ENCODED[at : min(at + 256, stop)], channels)
+    return stop - start
+
+
+def decode_bound(encoded: list[bytes], channels: int, epochs: int, processes: int) -> tuple[float, int, int]:
+    """Samples/s decoding ``encoded`` (in memory) in batches of 256 on ``processes`` forked processes."""
+    global _ENCODED
+    _ENCODED = encoded
+    shares = np.linspace(0, len(encoded), processes + 1).astype(int)
+    work = [(int(a), int(b), channels) for a, b in zip(shares[:-1], shares[1:], strict=True)]
+    rates = []
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(_decode_share, work)  # warm-up
+        for _ in range(epochs):
+            start = time.perf_counter()
+            rows = sum(pool.map(_decode_share, work))
+            rates.append(rows / (time.perf_counter() - start))
+    _ENCODED = []
+    return statistics.median(rates), 0, 0
 
 
 def main(
     url: str = "lakes/fashion-mnist-train",
     raw_dir: str | None = None,
     batch_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     epochs: int = 3,
     slow_batches: int = 40,
     seed: int = 0,
+    work_dir: str | None = None,
+    compare: list[str] | None = None,
 ) -> dict[str, float]:
     """Benchmark the data path and print a table and the ratio line.
 
     Args:
-        url: Training lake (built from raw_dir / $FASHION_LAKE_RAW_DIR if missing and local).
+        url: Training lake, raw uint8 (built from raw_dir / $FASHION_LAKE_RAW_DIR if missing and local).
         raw_dir: Fashion-MNIST IDX folder, to build a missing lake.
         batch_size: Rows per batch for every loader.
-        num_workers: DataLoader workers for every loader.
+        num_workers: DataLoader workers for the data module (default: its own choice per
+            storage format); the in-memory and per-row loaders run in-process.
         epochs: Timed epochs per loader (after one warm-up epoch).
         slow_batches: Batches per epoch timed for the two per-row loaders.
         seed: Shuffle seed.
+        work_dir: Where to write the png/jpeg copies (default: a temporary folder, removed after).
+        compare: More lakes to time the data module on, a row each (e.g. a Deep Lake 3 dataset
+            and its converted copy).
     """
     if epochs < 1 or slow_batches < 1:
         raise SystemExit("fashion_lake.bench: error: --epochs and --slow_batches must be >= 1")
     torch.manual_seed(seed)
-    dm = DeepLakeDataModule(
-        train_url=url, val_url=url, raw_dir=raw_dir, batch_size=batch_size, num_workers=num_workers,
-        seed=seed, drop_last=False, rotation=0.0,
-    )  # fmt: skip
-    dm.prepare_data()
-    dm.setup("fit")
-    rows = len(dm.datasets["train"])
     results: dict[str, tuple[float, int, int]] = {}
+    workers: dict[str, int] = {}
 
-    def ours(rotation: float) -> Callable[[dict], torch.Tensor]:
-        dm.batch_transform.degrees = rotation
-        return lambda batch: dm.prepare_batch(batch, train=True)["images"]
+    def module(lake: str) -> DeepLakeDataModule:
+        dm = DeepLakeDataModule(
+            train_url=lake, val_url=lake, raw_dir=raw_dir, batch_size=batch_size, num_workers=num_workers,
+            seed=seed, drop_last=False, rotation=0.0,
+        )  # fmt: skip
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
 
-    loader = dm.train_dataloader()
-    set_epoch = loader.batch_sampler.sampler.set_epoch
-    results["3 DeepLakeDataModule, no aug"] = time_epochs(
-        "ours", loader, epochs, ours(0.0), set_epoch=set_epoch
-    )
-    results["4 DeepLakeDataModule, rotate"] = time_epochs(
-        "ours+aug", loader, epochs, ours(20.0), set_epoch=set_epoch
-    )
-    del loader
+    def run_module(name: str, dm: DeepLakeDataModule, rotation: float | None = None) -> None:
+        """Time what the loader yields (uint8 batches), or with ``rotation`` also the float
+        conversion, normalisation and rotation that run on the device in training."""
+        loader = dm.train_dataloader()
+        consume = lambda b: b["images"]  # noqa: E731
+        if rotation is not None:
+            dm.batch_transform.degrees = rotation
+            consume = lambda b: dm.prepare_batch(b, train=True)["images"]  # noqa: E731
+        workers[name] = loader.num_workers
+        set_epoch = loader.batch_sampler.sampler.set_epoch
+        results[name] = time_epochs(name, loader, epochs, consume, set_epoch=set_epoch)
+        del loader  # its workers end here, before the next loader is timed
+
+    dm = module(url)
+    rows, class_names = len(dm.datasets["train"]), dm.class_names
+    run_module("3 DeepLakeDataModule raw", dm)
+    run_module("4 DeepLakeDataModule raw, rotate", dm, rotation=20.0)
 
     ds = open_lake(url)
-    images = torch.from_numpy(np.asarray(ds["images"][0:rows])).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(np.asarray(ds["labels"][0:rows]).astype(np.int64))
-    memory = DataLoader(
-        TensorDataset(images, labels), batch_size=batch_size, shuffle=True, num_workers=num_workers
-    )
+    hwc = np.asarray(ds["images"][0:rows])
+    labels = np.asarray(ds["labels"][0:rows]).astype(np.uint32)
+    images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+    memory = DataLoader(TensorDataset(images, torch.from_numpy(labels.astype(np.int64))),
+                        batch_size=batch_size, shuffle=True)  # fmt: skip
     results["1 in-memory TensorDataset"] = time_epochs("memory", memory, epochs, lambda b: b[0])
-    del memory, images, labels
+    del memory, images
 
-    naive = DataLoader(ds.pytorch(), batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    naive = DataLoader(ds.pytorch(), batch_size=batch_size, shuffle=True)
     results["2 naive ds.pytorch()"] = time_epochs("naive", naive, epochs, lambda b: b["images"], slow_batches)
     seed_rows = ds.pytorch(transform=ColumnTransform({"images": SeedTransform()}, ["images", "labels"]))
-    seed_loader = DataLoader(seed_rows, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    seed_loader = DataLoader(seed_rows, batch_size=batch_size, shuffle=True)
     results["5 seed per-sample PIL"] = time_epochs(
         "seed", seed_loader, epochs, lambda b: b["images"], slow_batches
     )
+    del naive, seed_loader, seed_rows
 
-    print(f"\n{rows} rows from {url}, batch {batch_size}, {num_workers} workers, median of {epochs} epochs")
-    print(f"{'loader':<32}{'samples/s':>12}{'RSS growth: warm-up':>22}{'timed epochs':>15}")
-    for name in sorted(results):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for n, codec in enumerate(CODECS):
+            lake = str(Path(tmp) / f"{Path(url).name}-{codec}")
+            write_plain_lake(lake, hwc, labels, codec, class_names)
+            run_module(f"{6 + n} DeepLakeDataModule {codec}", module(lake))
+            copy = open_lake(lake)  # held: Deep Lake's bytes live as long as their dataset
+            encoded = list(copy["images"].get_bytes(slice(0, rows)))
+            bound = f"{8 + n} decode-only bound {codec}"
+            results[bound], workers[bound] = decode_bound(encoded, hwc.shape[-1], epochs, cores), cores
+    for n, other in enumerate(compare or []):
+        run_module(f"{10 + n} DeepLakeDataModule {other}", module(other))
+
+    print(f"\n{rows} rows from {url}, batch {batch_size}, median of {epochs} epochs after a warm-up")
+    width = max(36, *(len(name) + 2 for name in results))
+    header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'timed epochs':>15}"
+    print(f"{'loader':<{width}}{header}")
+    for name in sorted(results, key=lambda k: int(k.split()[0])):
         rate, first, steady = results[name]
-        print(f"{name:<32}{rate:>12,.0f}{first / 2**20:>19.1f} MB{steady / 2**20:>12.1f} MB")
-    rate = {name[0]: value[0] for name, value in results.items()}
+        growth = f"{first / 2**20:>19.1f} MB{steady / 2**20:>12.1f} MB"
+        print(f"{name:<{width}}{workers.get(name, 0):>8}{rate:>12,.0f}{growth}")
+    rate = {name.split()[0]: value[0] for name, value in results.items()}
     ratios = {
-        "ratio_vs_memory": rate["3"] / rate["1"],
-        "ratio_vs_naive": rate["3"] / rate["2"],
-        "aug_ratio_vs_seed": rate["4"] / rate["5"],
+        "raw_vs_memory": rate["3"] / rate["1"],
+        "raw_vs_naive": rate["3"] / rate["2"],
+        "aug_vs_seed": rate["4"] / rate["5"],
+        "png_vs_memory": rate["6"] / rate["1"],
+        "jpeg_vs_memory": rate["7"] / rate["1"],
+        "png_vs_decode": rate["6"] / rate["8"],
+        "jpeg_vs_decode": rate["7"] / rate["9"],
     }
+    ratios.update({f"{n}_vs_memory": rate[n] / rate["1"] for n in rate if int(n) >= 10})
     print(" ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     return ratios
 

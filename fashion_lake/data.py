@@ -13,29 +13,37 @@ import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from fashion_lake.decode import DEVICE_CODECS
 from fashion_lake.lake import (
-    LakeDataset,
+    V3_NOTICE,
     LakeError,
     LakeInfo,
     LakeSource,
     check_secrets,
     inspect_lake,
     is_local,
-    lake_exists,
+    is_v3,
+    lake_format,
+    local_path,
     storage_errors,
 )
 from fashion_lake.loader import LakeLoader
+from fashion_lake.reader import LakeDataset
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
 from fashion_lake.transforms import BatchTransform, ColumnTransform
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
+# Lightning stage -> the split whose loader feeds it
+STAGE_SPLITS = {
+    "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
+}  # fmt: skip
 
 
 def _passthrough(batch: dict) -> dict:
@@ -63,7 +71,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         batch_size: Rows per step on each device.
         global_batch_size: Rows per step over all devices; overrides ``batch_size`` and keeps
             the training order identical for any number of devices.
-        num_workers: DataLoader worker processes per device.
+        num_workers: DataLoader worker processes per device; ``null`` (default) picks by storage:
+            0 for raw image columns (reads are memory copies, fastest in-process), else one per
+            CPU core available to each device, up to 8, since png/jpeg decoding is CPU-bound
+            and scales over processes.
         seed: Seeds each epoch's shuffle as ``(seed, epoch)``.
         drop_last: Drop the last incomplete global training batch.
         image_column: Column holding HxWxC uint8 images.
@@ -83,6 +94,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         val_query: The same for validation, test and predict rows.
         use_latest_version: Read each dataset's latest version even when resuming or
             evaluating a checkpoint that recorded an older one (by default the recorded one).
+        decode: Where png/jpeg images are decoded: ``host`` (in the loader's worker processes),
+            ``device`` (jpeg only: whole batches with torchvision's ``decode_jpeg`` on the
+            Trainer's device, nvjpeg on CUDA), or ``auto``: ``device`` for jpeg when training on
+            CUDA, else ``host``.
         skip_corrupt: Skip rows whose image bytes do not decode, counting them in the logs as
             ``train_skipped_rows`` / ``val_skipped_rows``, instead of stopping with an error
             naming the row.
@@ -104,7 +119,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         download: bool = False,
         batch_size: int = 128,
         global_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
         drop_last: bool = True,
         image_column: str = "images",
@@ -119,12 +134,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
         train_query: str | None = None,
         val_query: str | None = None,
         use_latest_version: bool = False,
+        decode: Literal["auto", "host", "device"] = "auto",
         skip_corrupt: bool = False,
         creds: dict[str, str] | None = None,
         token: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0 or block_size < 1 or shuffle_window < 0:
+        if batch_size < 1 or (num_workers or 0) < 0 or block_size < 1 or shuffle_window < 0:
             raise ValueError(
                 "need batch_size >= 1, num_workers >= 0, block_size >= 1 and shuffle_window >= 0, got "
                 f"{batch_size}, {num_workers}, {block_size}, {shuffle_window}"
@@ -145,6 +161,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version
+        if decode not in ("auto", "host", "device"):
+            raise LakeError(f"data.decode must be auto, host or device, not {decode!r}.")
+        self.decode = decode
         self.skip_corrupt = skip_corrupt
         self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
         if skip_corrupt and (train_transform is not None or eval_transform is not None):
@@ -190,7 +209,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     def _buildable(self, split: str) -> bool:
         url = self.urls[split]
-        return is_local(url) and not lake_exists(url, self.creds, self.token)
+        return is_local(url) and lake_format(url, self.creds, self.token) is None
 
     def info(self, split: str) -> LakeInfo:
         """Checked facts about one split's dataset (opened once, then cached)."""
@@ -200,6 +219,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             hint = "Check that the storage is reachable and the credentials are valid."
             with storage_errors(f"reading {source.url!r}", hint):  # labels, the first image, row ids
                 base = source.open_base()  # opened once: the view and row ids derive from it
+                if is_v3(base):
+                    rank_zero_info(V3_NOTICE.format(url=source.url))
                 info = inspect_lake(
                     source.select(base),
                     source.url,
@@ -246,8 +267,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
             if url in checked:
                 continue
             checked.add(url)
-            if lake_exists(url, self.creds, self.token):
+            if lake_format(url, self.creds, self.token) is not None:  # Deep Lake 4 or 3: never written
                 continue
+            if is_local(url) and local_path(url).exists():
+                raise LakeError(
+                    f"{url!r} exists but is not a Deep Lake dataset (4.x, or 3.x read through a query); "
+                    "point the URL at a dataset, or remove the folder to have Fashion-MNIST built there."
+                )
             if not is_local(url):
                 raise LakeError(
                     f"no Deep Lake dataset at {url!r}. Check the URL and credentials, or create it "
@@ -279,6 +305,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                     f"{self.class_names} (from {self.urls['train']!r}); use datasets with the same classes."
                 )
             transforms = self.transforms["train" if split == "train" else "eval"]
+            on_device = transforms is None and self._decode_on_device(split, info)
             self.datasets[split] = LakeDataset(
                 self._source(split),
                 info,
@@ -290,7 +317,35 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 self.block_size,
                 cache_blocks=max(1, self.shuffle_window // self.block_size) + 1,
                 skip_corrupt=self.skip_corrupt,
+                decode_on_device=on_device,
             )
+
+    @property
+    def device(self) -> torch.device:
+        """Where batches go: the Trainer's root device, else the CPU."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _decode_on_device(self, split: str, info: LakeInfo) -> bool:
+        if info.codec is None or self.decode == "host":
+            return False
+        if self.decode == "device":
+            if info.codec not in DEVICE_CODECS:
+                raise LakeError(
+                    f"data.decode device decodes jpeg only, and {self.urls[split]!r} holds {info.codec} "
+                    "images; use data.decode host (or auto)."
+                )
+            return True
+        return info.codec in DEVICE_CODECS and self.device.type == "cuda"
+
+    def workers(self, dataset: LakeDataset) -> int:
+        """``num_workers``, or when unset: 0 for raw pixel blocks, else the cores each device has (<= 8)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if dataset.info.codec is None and dataset.sample_transform is None:
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return max(1, min(8, cores // max(1, devices)))
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
@@ -313,13 +368,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
                 "--data.drop_last false."
             )
+        workers = self.workers(dataset)
         loader = LakeLoader(
             dataset,
             batch_sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=_passthrough,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=train and self.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=split in ("train", "val") and workers > 0,
         )
         if train:
             self._train_loader = loader
@@ -385,11 +441,15 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.datasets.clear()
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Seed this batch's augmentation from (seed, epoch, its first row), on the host.
+        """Decode a still-encoded jpeg batch on the device; seed its augmentation, on the host.
 
-        The angles then depend on nothing a resumed or re-sharded run could lose (not on
-        global RNG state), which keeps mid-epoch resume exact.
+        The seed is (seed, epoch, the batch's first row): the angles then depend on nothing a
+        resumed or re-sharded run could lose (not on global RNG state), which keeps mid-epoch
+        resume exact.
         """
+        if "encoded" in batch:  # decode_on_device (see setup)
+            split = STAGE_SPLITS[self.trainer.state.stage.value] if self.trainer is not None else "train"
+            batch = self.datasets[split].decode_batch(batch, self.device)
         if self.trainer is not None and self.trainer.training and len(batch["index"]):
             epoch, first = self.trainer.current_epoch, int(batch["index"][0])
             batch = {**batch, "aug_seed": ((self.seed * 1_000_003 + epoch) * 2_147_483_629 + first) % 2**63}

@@ -1,8 +1,9 @@
 """Write image-classification data into Deep Lake 4.x datasets, atomically.
 
-Two sources: the four canonical Fashion-MNIST IDX ``.gz`` files (checksummed) and a
-torchvision ``ImageFolder`` tree. Each dataset gets an ``images`` column (uint8 HxWxC) and a
-``labels`` ClassLabel column whose metadata holds ``class_names``.
+Three sources: the four canonical Fashion-MNIST IDX ``.gz`` files (checksummed), a
+torchvision ``ImageFolder`` tree, and a Deep Lake 3 dataset (``convert``, through
+``deeplake.convert``, keeping its columns). The first two get an ``images`` column (uint8
+HxWxC) and a ``labels`` ClassLabel column whose metadata holds ``class_names``.
 
 Atomic: a local destination is written beside itself and renamed into place only once
 committed; a remote one carries ``fashion_lake.ingest = "in_progress"`` until the final
@@ -20,6 +21,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 import urllib.error
 import uuid
 from collections.abc import Iterator
@@ -35,9 +37,11 @@ from fashion_lake.lake import (
     LakeError,
     check_secrets,
     is_local,
+    lake_format,
     local_path,
     open_lake,
     storage_args,
+    storage_errors,
 )
 
 FASHION_MNIST_CLASSES = [
@@ -58,7 +62,7 @@ IDX_FILES = {
 }
 # torchvision's own download locations; tests point this at a closed loopback port.
 FASHION_MNIST_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
-IMAGE_COMPRESSIONS = ("null", "png")
+IMAGE_COMPRESSIONS = ("null", "png", "jpeg")
 APPEND_ROWS = 4096
 
 
@@ -261,20 +265,8 @@ def write_lake(
         raise IngestError(f"compression must be one of {IMAGE_COMPRESSIONS}, not {compression!r}.")
     if len(images) == 0:
         raise IngestError("nothing to ingest: the source holds no images.")
-    local = is_local(dest)
-    final = local_path(dest) if local else None
-    if local:
-        if final.exists() and not overwrite:
-            raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work_url = str(final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    else:
-        if deeplake.exists(dest, **storage_args(creds, token)):
-            state = open_lake(dest, creds, token, check_complete=False).metadata
-            if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
-                raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
-            deeplake.delete(dest, **storage_args(creds, token))
-        work_url = dest
+    final = _clear_destination(dest, overwrite, creds, token)
+    work_url = dest if final is None else _partial(final)
     try:
         ds = deeplake.create(work_url, **storage_args(creds, token))
         ds.metadata[INGEST_KEY] = "in_progress"
@@ -291,15 +283,48 @@ def write_lake(
         ds.commit(f"fashion_lake: ingest {len(images)} rows from {source['kind']}")
         version = ds.version
         del ds
-        if local:
-            if final.exists():  # overwrite: the old one goes only once the new one is whole
-                shutil.rmtree(final)
-            os.replace(work_url, final)
+        if final is not None:
+            _replace(work_url, final)
     except BaseException:
-        if local:
+        if final is not None:
             shutil.rmtree(work_url, ignore_errors=True)
         raise
     return version
+
+
+def _clear_destination(
+    dest: str, overwrite: bool, creds: dict[str, str] | None, token: str | None
+) -> Path | None:
+    """Check that ``dest`` may be written; return its local path, or None for a remote URL.
+
+    A remote dataset left unfinished by an earlier ingest (marked ``in_progress``) is replaced;
+    a complete one, or any dataset not written by us, only with ``overwrite``.
+    """
+    import deeplake
+
+    if is_local(dest):
+        final = local_path(dest)
+        if final.exists() and not overwrite:
+            raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final
+    if deeplake.exists(dest, **storage_args(creds, token)):
+        state = open_lake(dest, creds, token, check_complete=False).metadata
+        if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
+            raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
+        deeplake.delete(dest, **storage_args(creds, token))
+    return None
+
+
+def _partial(final: Path) -> str:
+    """A hidden sibling of ``final`` to write into, renamed into place once complete."""
+    return str(final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def _replace(work_url: str, final: Path) -> None:
+    if final.exists():  # overwrite: the old one goes only once the new one is whole
+        shutil.rmtree(final)
+    os.replace(work_url, final)
 
 
 def fashion_mnist(
@@ -307,7 +332,7 @@ def fashion_mnist(
     raw_dir: str | None = None,
     split: Literal["train", "test"] = "train",
     download: bool = False,
-    compression: Literal["null", "png"] = "null",
+    compression: Literal["null", "png", "jpeg"] = "null",
     overwrite: bool = False,
     creds: dict[str, str] | None = None,
     token: str | None = None,
@@ -319,7 +344,8 @@ def fashion_mnist(
         raw_dir: Folder with the IDX files (default: $FASHION_LAKE_RAW_DIR).
         split: "train" (60k rows) or "test" (10k rows).
         download: Fetch missing files from torchvision's mirrors into raw_dir first.
-        compression: Image sample compression: "null" (raw, fastest to read) or "png".
+        compression: Image sample compression: "null" (raw, fastest to read), "png" (lossless)
+            or "jpeg" (lossy, smallest).
         overwrite: Replace an existing dataset at dest.
         creds: Storage credentials; secrets by reference, e.g.
             ``{endpoint_url: http://..., aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY}``.
@@ -342,7 +368,7 @@ def image_folder(
     dest: str,
     mode: Literal["L", "RGB"] = "L",
     image_size: int | None = None,
-    compression: Literal["null", "png"] = "null",
+    compression: Literal["null", "png", "jpeg"] = "null",
     overwrite: bool = False,
     creds: dict[str, str] | None = None,
     token: str | None = None,
@@ -354,7 +380,7 @@ def image_folder(
         dest: Deep Lake URL to create.
         mode: PIL mode to convert every image to ("L" grayscale or "RGB").
         image_size: Resize every image to image_size x image_size (needed if sizes differ).
-        compression: Image sample compression: "null" (raw) or "png".
+        compression: Image sample compression: "null" (raw), "png" or "jpeg" (lossy).
         overwrite: Replace an existing dataset at dest.
         creds: Storage credentials, secrets by reference (see ``fashion_mnist``).
         token: Activeloop token by reference.
@@ -364,11 +390,66 @@ def image_folder(
     return write_lake(dest, images, labels, classes, source, compression, overwrite, creds, token)
 
 
+def convert(
+    src: str,
+    dest: str,
+    overwrite: bool = False,
+    creds: dict[str, str] | None = None,
+    token: str | None = None,
+) -> str:
+    """Convert a Deep Lake 3 dataset (e.g. the tutorial's hub://activeloop/...) to a native 4.x copy.
+
+    Runs ``deeplake.convert`` into a staging folder, which is renamed into place (local DEST) or
+    copied to DEST marked unfinished until the copy is complete (remote DEST), so a failed or
+    killed conversion leaves nothing at DEST that opens as complete. The copy keeps the images'
+    encoded bytes and the class names, and records ``src`` in its metadata.
+
+    Args:
+        src: The Deep Lake 3 dataset (local path, s3://, hub://, ...; storage credentials from
+            the environment, e.g. AWS_*, as deeplake.convert reads them).
+        dest: Deep Lake URL to create.
+        overwrite: Replace an existing dataset at dest.
+        creds: Credentials for dest, secrets by reference (see ``fashion_mnist``).
+        token: Activeloop token by reference, for hub:// and al://.
+    """
+    import deeplake
+
+    check_secrets(creds, token, flag="--")
+    args = storage_args(creds, token)
+    kind = lake_format(src, token=token)
+    if kind != "v3":
+        what = "a Deep Lake 4 dataset: use it as it is" if kind == "v4" else "nothing Deep Lake can read"
+        raise IngestError(f"{src!r} is not a Deep Lake 3 dataset ({what}).")
+    final = _clear_destination(dest, overwrite, creds, token)
+    staging = _partial(final) if final is not None else tempfile.mkdtemp(prefix="fashion-lake-convert-")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # deeplake.convert creates it
+        with storage_errors(f"converting {src!r}"):
+            deeplake.convert(src, staging, token=args["token"])
+        ds = deeplake.open(staging)
+        ds.metadata["source"] = {"kind": "deeplake3", "url": src, "rows": len(ds)}
+        ds.metadata[INGEST_KEY] = "complete" if final is not None else "in_progress"
+        ds.commit(f"fashion_lake: converted {len(ds)} rows from {src}")
+        version = ds.version
+        del ds
+        if final is not None:
+            _replace(staging, final)
+            return version
+        with storage_errors(f"copying the converted dataset to {dest!r}"):
+            deeplake.copy(staging, dest, dst_creds=args["creds"], token=args["token"])
+            ds = deeplake.open(dest, **args)
+            ds.metadata[INGEST_KEY] = "complete"
+            ds.commit("fashion_lake: conversion complete")
+            return ds.version
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     try:
-        version = CLI([fashion_mnist, image_folder], args=args)
+        version = CLI([fashion_mnist, image_folder, convert], args=args)
     except FashionLakeError as e:
         print(f"fashion_lake.ingest: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

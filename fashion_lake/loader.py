@@ -19,6 +19,7 @@ from typing import Any
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fashion_lake.lake import LakeError
+from fashion_lake.reader import HostBatch
 from fashion_lake.sampler import ShardedBatchSampler
 
 
@@ -43,7 +44,7 @@ class LakeLoader(StatefulDataLoader):
         self._consumed = loaded["batches"] if loaded else 0
         for batch in super().__iter__():
             self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
-            yield batch
+            yield batch.tensors() if isinstance(batch, HostBatch) else batch
 
     def _topology(self) -> dict[str, int]:
         sampler = self.batch_sampler

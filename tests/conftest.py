@@ -44,6 +44,28 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="session")
+def v3_lakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Fashion-MNIST in Deep Lake 3 format (../shared/fashion-mnist-v3, read-only there), copied to a
+    temporary folder so that nothing a test does can write to the shared copy: split -> path."""
+    import shutil
+
+    env = os.environ.get("FASHION_LAKE_V3_DIR")
+    shared = Path(env) if env else REPO.parent / "shared" / "fashion-mnist-v3"
+    assert (shared / "fashion-mnist-test" / "dataset_meta.json").is_file(), (
+        f"Deep Lake 3 Fashion-MNIST not found at {shared}; set FASHION_LAKE_V3_DIR"
+    )
+    root = tmp_path_factory.mktemp("v3")
+    lakes = {}
+    for split in ("train", "test"):
+        lakes[split] = str(root / f"fashion-mnist-{split}")
+        shutil.copytree(shared / f"fashion-mnist-{split}", lakes[split])
+        for path in Path(lakes[split]).rglob("*"):  # the shared copy is read-only; the copy need not be
+            path.chmod(path.stat().st_mode | 0o200)
+        Path(lakes[split]).chmod(0o755)
+    return lakes
+
+
+@pytest.fixture(scope="session")
 def tiny_raw_dir(real_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first rows of each real IDX file, rewritten as IDX with a SHA256SUMS beside them."""
     out = tmp_path_factory.mktemp("raw")
@@ -129,3 +151,21 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def codec_lakes(real_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """png and jpeg lakes written with plain deeplake from the first real IDX rows: codec -> split -> URL."""
+    from fashion_lake.bench import write_plain_lake
+    from fashion_lake.ingest import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    root = tmp_path_factory.mktemp("codec-lakes")
+    lakes: dict[str, dict[str, str]] = {}
+    for split, rows in TINY_ROWS.items():
+        images, labels, _ = load_fashion_mnist(real_raw_dir, split)
+        for codec in ("png", "jpeg"):
+            url = str(root / f"{codec}-{split}")
+            labels_ = labels[:rows].astype(np.uint32)
+            write_plain_lake(url, images[:rows], labels_, codec, FASHION_MNIST_CLASSES)
+            lakes.setdefault(codec, {})[split] = url
+    return lakes

@@ -10,7 +10,8 @@ import torch
 
 from fashion_lake import DeepLakeDataModule
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
-from fashion_lake.lake import BlockCache, LakeError
+from fashion_lake.lake import LakeError
+from fashion_lake.reader import BlockCache
 from fashion_lake.sampler import DistContext
 from fashion_lake.transforms import SeedTransform
 
@@ -182,9 +183,9 @@ def test_block_cache_reads_each_block_once_per_window() -> None:
     data = np.arange(1000 * 2, dtype=np.uint8).reshape(1000, 2) % 251
     reads: list[int] = []
 
-    def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        reads.append(start)
-        return data[start:stop], np.arange(start, min(stop, 1000))
+    def read(spans: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        reads.extend(start for start, _ in spans)
+        return [(data[start:stop], np.arange(start, min(stop, 1000))) for start, stop in spans]
 
     cache = BlockCache(block_size=100, capacity=4, read=read)
     rng = np.random.default_rng(0)

@@ -1,0 +1,163 @@
+"""png and jpeg lakes, written with plain deeplake from real Fashion-MNIST rows, on the batch path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import deeplake
+import numpy as np
+import pytest
+import torch
+
+from fashion_lake import DeepLakeDataModule
+from fashion_lake.ingest import read_idx
+from fashion_lake.lake import LakeError
+from fashion_lake.sampler import DistContext
+
+ROWS = {"train": 120, "test": 50}  # conftest's TINY_ROWS
+
+
+def _module(lakes: dict[str, str], **kwargs) -> DeepLakeDataModule:
+    return DeepLakeDataModule(train_url=lakes["train"], val_url=lakes["test"], **kwargs)
+
+
+def _source(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")[: ROWS[split]]
+    labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz")[: ROWS[split]]
+    return images, labels
+
+
+def test_png_lake_yields_the_source_pixels(codec_lakes: dict, real_raw_dir: Path) -> None:
+    dm = _module(codec_lakes["png"], batch_size=16, num_workers=0)
+    batches = list(dm.val_dataloader())
+    assert dm.datasets["val"].info.codec == "png"
+    images, labels = _source(real_raw_dir, "test")
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(50))
+    got = torch.cat([b["images"] for b in batches])
+    assert got.dtype == torch.uint8 and got.shape == (50, 1, 28, 28)
+    np.testing.assert_array_equal(got[:, 0].numpy(), images)
+    np.testing.assert_array_equal(torch.cat([b["labels"] for b in batches]).numpy(), labels)
+
+
+def test_jpeg_lake_decodes_like_deeplake(codec_lakes: dict, real_raw_dir: Path) -> None:
+    """jpeg is lossy: the pixels match Deep Lake's own decode of the same bytes and stay near the source."""
+    dm = _module(codec_lakes["jpeg"], batch_size=50, num_workers=0)
+    batch = next(iter(dm.val_dataloader()))
+    lake = deeplake.open_read_only(codec_lakes["jpeg"]["test"])  # held: slices live as long as it
+    stored = np.asarray(lake["images"][0:50])
+    got = batch["images"].permute(0, 2, 3, 1).numpy().astype(int)
+    assert np.abs(got - stored.astype(int)).max() <= 2
+    images, _ = _source(real_raw_dir, "test")
+    assert np.abs(got[..., 0] - images.astype(int)).mean() < 8
+
+
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_two_ranks_with_workers_read_every_row_once(codec_lakes: dict, codec: str) -> None:
+    consumed = []
+    for rank in range(2):
+        dm = _module(codec_lakes[codec], global_batch_size=20, num_workers=2, drop_last=False,
+                     block_size=16, shuffle_window=48)  # fmt: skip
+        dm.dist = DistContext(rank, 2)
+        batches = list(dm.train_dataloader())
+        assert all(b["images"].shape[1:] == (1, 28, 28) for b in batches)
+        consumed.append(torch.cat([b["index"] for b in batches]))
+    rows = torch.cat(consumed).tolist()
+    assert sorted(rows) == list(range(120)) and rows != list(range(120))
+
+
+def test_batches_hold_their_rows_pixels(codec_lakes: dict, real_raw_dir: Path) -> None:
+    """Shuffled training batches from worker processes: each image is the one of its row."""
+    images, labels = _source(real_raw_dir, "train")
+    dm = _module(codec_lakes["png"], batch_size=16, num_workers=2, block_size=16, shuffle_window=48)
+    for batch in dm.train_dataloader():
+        rows = batch["index"].numpy()
+        np.testing.assert_array_equal(batch["images"][:, 0].numpy(), images[rows])
+        np.testing.assert_array_equal(batch["labels"].numpy(), labels[rows])
+
+
+def test_resume_mid_epoch_on_a_png_lake(codec_lakes: dict) -> None:
+    def make() -> DeepLakeDataModule:
+        return _module(codec_lakes["png"], batch_size=16, num_workers=2, block_size=16, shuffle_window=48)
+
+    dm = make()
+    batches = iter(dm.train_dataloader())
+    for _ in range(3):
+        next(batches)
+    state = dm.state_dict()
+    rest = [b["index"].tolist() for b in batches]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert [b["index"].tolist() for b in resumed.train_dataloader()] == rest
+
+
+def test_workers_default_by_storage(codec_lakes: dict, tiny_lakes: dict[str, str]) -> None:
+    """Unset, num_workers is 0 for raw lakes and one per core for compressed ones."""
+    import os
+
+    assert _module(tiny_lakes, batch_size=16).val_dataloader().num_workers == 0
+    loader = _module(codec_lakes["png"], batch_size=16).val_dataloader()
+    assert loader.num_workers == max(1, min(8, len(os.sched_getaffinity(0))))
+    assert _module(codec_lakes["png"], batch_size=16, num_workers=1).val_dataloader().num_workers == 1
+
+
+def test_device_decode_matches_host_decode(codec_lakes: dict) -> None:
+    """decode=device hands the loader's encoded jpeg batch to decode_jpeg on the device (here the CPU)."""
+    host = next(iter(_module(codec_lakes["jpeg"], batch_size=50, num_workers=0).val_dataloader()))
+    dm = _module(codec_lakes["jpeg"], batch_size=50, num_workers=0, decode="device")
+    encoded = next(iter(dm.val_dataloader()))
+    assert "images" not in encoded and encoded["encoded"].dtype == torch.uint8
+    batch = dm.datasets["val"].decode_batch(encoded, torch.device("cpu"))
+    assert torch.equal(batch["images"], host["images"]) and torch.equal(batch["index"], host["index"])
+
+
+def test_device_decode_of_png_is_refused(codec_lakes: dict) -> None:
+    with pytest.raises(LakeError, match="decode device decodes jpeg only.*holds png images"):
+        _module(codec_lakes["png"], batch_size=16, decode="device").setup("validate")
+
+
+def test_fit_with_device_decode(codec_lakes: dict, cli_args: list[str], tmp_path: Path) -> None:
+    """Through the Trainer: batches decode in on_before_batch_transfer, in training and validation."""
+    from fashion_lake.cli import cli_main
+
+    lakes = codec_lakes["jpeg"]
+    cli = cli_main(["fit", *cli_args, "--data.train_url", lakes["train"], "--data.val_url", lakes["test"],
+                    "--data.decode", "device", "--data.num_workers", "0",
+                    "--trainer.limit_val_batches", "2"])  # fmt: skip
+    assert cli.trainer.global_step == 2
+    assert 0.0 <= float(cli.trainer.callback_metrics["val_acc"]) <= 1.0
+
+
+@pytest.fixture
+def corrupt_jpeg_lake(codec_lakes: dict, tmp_path: Path) -> str:
+    """A copy of the jpeg test lake whose row 5 holds truncated bytes."""
+    source = deeplake.open_read_only(codec_lakes["jpeg"]["test"])
+    encoded = source["images"].get_bytes(slice(0, 12))
+    url = str(tmp_path / "corrupt-jpeg")
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression="jpeg"))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = list(source["labels"].metadata["class_names"])
+    ds.append({"images": [b if i != 5 else b[:40] for i, b in enumerate(encoded)],
+               "labels": np.asarray(source["labels"][0:12]).astype(np.uint32)})  # fmt: skip
+    ds.commit()
+    return url
+
+
+@pytest.mark.parametrize("decode", ["host", "device"])
+def test_corrupt_jpeg_row_is_named_or_skipped(corrupt_jpeg_lake: str, decode: str) -> None:
+    lakes = {"train": corrupt_jpeg_lake, "test": corrupt_jpeg_lake}
+    dm = _module(lakes, batch_size=12, num_workers=0, decode=decode)
+    dm.setup("validate")
+
+    def first_batch(module: DeepLakeDataModule) -> dict:
+        batch = next(iter(module.val_dataloader()))
+        if "encoded" in batch:  # what on_before_batch_transfer does in a Trainer
+            batch = module.datasets["val"].decode_batch(batch, torch.device("cpu"))
+        return batch
+
+    with pytest.raises(LakeError, match=r"row 5 of .* holds corrupt image bytes \(corrupt rows here: \[5\]"):
+        first_batch(dm)
+    skipping = _module(lakes, batch_size=12, num_workers=0, decode=decode, skip_corrupt=True)
+    batch = first_batch(skipping)
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11] and int(batch["skipped"]) == 1
