@@ -120,19 +120,22 @@ def time_epochs(
 _ENCODED: list[bytes] = []  # the decode bound's bytes, inherited by its forked processes
 
 
-def _decode_share(args: tuple[int, int, int]) -> int:
-    start, stop, channels = args
+def _decode_share(args: tuple[int, int, str, int]) -> int:
+    start, stop, codec, channels = args
     for at in range(start, stop, 256):
-        decode_all(_ENCODED[at : min(at + 256, stop)], channels)
+        decode_all(_ENCODED[at : min(at + 256, stop)], codec, channels)
     return stop - start
 
 
-def decode_bound(encoded: list[bytes], channels: int, epochs: int, processes: int) -> tuple[float, int, int]:
-    """Samples/s decoding ``encoded`` (in memory) in batches of 256 on ``processes`` forked processes."""
+def decode_bound(
+    encoded: list[bytes], codec: str, channels: int, epochs: int, processes: int
+) -> tuple[float, int, int]:
+    """Samples/s decoding ``encoded`` (in memory) in batches of 256 on ``processes`` forked processes,
+    with the decoder the data module uses."""
     global _ENCODED
     _ENCODED = encoded
     shares = np.linspace(0, len(encoded), processes + 1).astype(int)
-    work = [(int(a), int(b), channels) for a, b in zip(shares[:-1], shares[1:], strict=True)]
+    work = [(int(a), int(b), codec, channels) for a, b in zip(shares[:-1], shares[1:], strict=True)]
     rates = []
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_decode_share, work)  # warm-up
@@ -230,7 +233,8 @@ def main(
             copy = open_lake(lake)  # held: Deep Lake's bytes live as long as their dataset
             encoded = list(copy["images"].get_bytes(slice(0, rows)))
             bound = f"{8 + n} decode-only bound {codec}"
-            results[bound], workers[bound] = decode_bound(encoded, hwc.shape[-1], epochs, cores), cores
+            results[bound] = decode_bound(encoded, codec, hwc.shape[-1], epochs, cores)
+            workers[bound] = cores
     for n, other in enumerate(compare or []):
         run_module(f"{10 + n} DeepLakeDataModule {other}", module(other))
 

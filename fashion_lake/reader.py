@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from fashion_lake.decode import decode_host, decode_on_device, pack
+from fashion_lake.decode import decode_host, decode_on_device, pack, unpack
 from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
@@ -177,11 +177,11 @@ class LakeDataset(Dataset):
         images, labels = self._cache.gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         if self.info.codec is not None:
-            flat, lengths = pack(images)
             if self.decode_on_device:
-                arrays = {"encoded": flat, "lengths": lengths, "view": idx, "labels": labels, "index": rows}
-                return HostBatch({key: np.asarray(value) for key, value in arrays.items()})
-            images = self._stack(decode_host(flat, lengths, self.channels), labels, idx)
+                flat, lengths = pack(images)
+                encoded = {"encoded": flat, "lengths": lengths, "view": idx}
+                return HostBatch({**encoded, "labels": labels, "index": rows})
+            images = _chw(self._stack(decode_host(images, self.info.codec, self.channels), labels, idx))
         return self._batch(images, labels, rows)
 
     def decode_batch(self, batch: dict, device: torch.device) -> dict:
@@ -197,8 +197,9 @@ class LakeDataset(Dataset):
             return batch
         except RuntimeError:
             labels, rows = batch["labels"].numpy().copy(), batch["index"].numpy()
-            images = self._stack(decode_host(flat, lengths, self.channels), labels, view.numpy())
-            return self._batch(images, labels, rows).tensors()
+            encoded = [part.numpy().tobytes() for part in unpack(flat, lengths)]
+            images = self._stack(decode_host(encoded, self.info.codec, self.channels), labels, view.numpy())
+            return self._batch(_chw(images), labels, rows).tensors()
 
     def _batch(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> HostBatch:
         batch = {"images": images, "labels": labels, "index": rows}
@@ -245,11 +246,11 @@ class LakeDataset(Dataset):
                 continue
             if not isinstance(images, np.ndarray) or images.dtype == object:
                 images = self._stack(list(images), labels, np.arange(start, start + len(images)))
-            blocks.append((_hwc(images, batched=True).transpose(0, 3, 1, 2), labels))
+            blocks.append((_chw(_hwc(images, batched=True)), labels))
         return blocks
 
     def _stack(self, images: list, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
-        """Decoded images (``None`` where corrupt) as one uint8 array; ``labels`` is updated in place."""
+        """Decoded HWC images (``None`` where corrupt) as one uint8 array; ``labels`` is updated in place."""
         bad = [i for i, image in enumerate(images) if image is None]
         if bad:
             rows = [self._row_id(int(view_rows[i])) for i in bad]
@@ -260,15 +261,12 @@ class LakeDataset(Dataset):
                     "--data.skip_corrupt true to skip such rows (counted as train_skipped_rows / "
                     "val_skipped_rows in the logs)."
                 )
-            stored = self.info.sample_shape if self.info.codec is None else _chw(self.info.sample_shape)
-            shape = next((np.asarray(image).shape for image in images if image is not None), stored)
+            shape = next((np.asarray(image).shape for image in images if image is not None), None)
             for i in bad:
-                images[i], labels[i] = np.zeros(shape, np.uint8), CORRUPT
+                images[i], labels[i] = np.zeros(shape or self.info.sample_shape, np.uint8), CORRUPT
         try:
-            if not bad and images and isinstance(images[0], torch.Tensor):
-                return torch.stack(images).numpy()
-            return np.stack([np.asarray(image) for image in images])
-        except (ValueError, RuntimeError):  # numpy's and torch's errors for differing shapes
+            return np.stack(images)
+        except ValueError:
             first, last = int(view_rows.min()), int(view_rows.max())
             raise LakeError(
                 f"rows {self._row_id(first)}..{self._row_id(last)} of {self.source.url!r} hold images of "
@@ -286,7 +284,7 @@ class LakeDataset(Dataset):
             np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks
         ])
         encoded, _ = self._cache.gather(idx)
-        images = decode_host(*pack(encoded), self.channels)
+        images = decode_host(encoded, self.info.codec, self.channels)
         return [self._row_id(int(idx[i])) for i, image in enumerate(images) if image is None]
 
     def _row_id(self, view_row: int) -> int:
@@ -309,5 +307,6 @@ def _hwc(images: np.ndarray, batched: bool = False) -> np.ndarray:
     return images[..., None] if images.ndim == (3 if batched else 2) else images
 
 
-def _chw(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[-1], *shape[:-1])
+def _chw(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, C, H, W), contiguous: the layout of the batches."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))

@@ -161,3 +161,25 @@ def test_corrupt_jpeg_row_is_named_or_skipped(corrupt_jpeg_lake: str, decode: st
     skipping = _module(lakes, batch_size=12, num_workers=0, decode=decode, skip_corrupt=True)
     batch = first_batch(skipping)
     assert batch["index"].tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11] and int(batch["skipped"]) == 1
+
+
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_fast_decoders_equal_the_torchvision_fallback(
+    codec: str, codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyspng / simplejpeg where installed, torchvision's decoder otherwise: the same pixels, and
+    corrupt bytes are None either way."""
+    from fashion_lake import decode
+
+    lake = deeplake.open_read_only(codec_lakes[codec]["test"])
+    encoded = [*lake["images"].get_bytes(slice(0, 50)), b"\x89PNG\r\n\x1a\n not an image", b""]
+    assert decode.HAS_PYSPNG and decode.HAS_SIMPLEJPEG  # both are dependencies on this platform
+    fast = decode.decode_host(encoded, codec, 1)
+    for name in ("HAS_PYSPNG", "HAS_SIMPLEJPEG"):
+        monkeypatch.setattr(decode, name, False)
+    fallback = decode.decode_host(encoded, codec, 1)
+    assert fast[-2:] == fallback[-2:] == [None, None]
+    np.testing.assert_array_equal(np.stack(fast[:-2]), np.stack(fallback[:-2]))
+    assert np.stack(fast[:-2]).shape == (50, 28, 28, 1)
+    rgb = decode.decode_host(encoded[:2], codec, 3)  # grey stored, RGB asked for: converted
+    assert rgb[0].shape == (28, 28, 3) and (rgb[0] == rgb[0][..., :1]).all()
