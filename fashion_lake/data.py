@@ -337,7 +337,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             return True
         return info.codec in DEVICE_CODECS and self.device.type == "cuda"
 
-    def workers(self, dataset: LakeDataset) -> int:
+    def _workers(self, dataset: LakeDataset) -> int:
         """``num_workers``, or when unset: 0 for raw pixel blocks, else the cores each device has (<= 8)."""
         if self.num_workers is not None:
             return self.num_workers
@@ -368,7 +368,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
                 "--data.drop_last false."
             )
-        workers = self.workers(dataset)
+        workers = self._workers(dataset)
         loader = LakeLoader(
             dataset,
             batch_sampler=sampler,

@@ -246,7 +246,7 @@ class LakeDataset(Dataset):
                 continue
             if not isinstance(images, np.ndarray) or images.dtype == object:
                 images = self._stack(list(images), labels, np.arange(start, start + len(images)))
-            blocks.append((_chw(_hwc(images, batched=True)), labels))
+            blocks.append((_hwc(images, batched=True).transpose(0, 3, 1, 2), labels))  # copied into the cache
         return blocks
 
     def _stack(self, images: list, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
