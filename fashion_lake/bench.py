@@ -12,8 +12,9 @@ and ``ClassLabel``, as a user would), then times, each for one warm-up and ``--e
 rotation that run on the device in training, 5. the tutorial's per-sample PIL pipeline
 (rotation, ``ToTensor``, ``Normalize``), 6./7. the data module on the png/jpeg lakes (its
 defaults: worker processes decode), and 8./9. the decode-only bound: the encoded bytes already
-in memory, decoded on all cores with nothing else to do. The two per-row loaders are timed on their first
-``--slow_batches`` batches per epoch (a rate, so comparable). Memory is PSS (shared pages
+in memory, decoded on all cores with nothing else to do. Row 3w is the raw lake again with as
+many workers as the png row, so that their memory is comparable. The two per-row loaders are
+timed on their first ``--slow_batches`` batches per epoch (a rate, so comparable). Memory is PSS (shared pages
 split between the processes that map them), so the main process and its workers add up.
 
 The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_naive``,
@@ -117,6 +118,13 @@ def time_epochs(
     return statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0)
 
 
+def _row_key(name: str) -> tuple[int, str]:
+    """Table order: "3", "3w", "4", ..., "10"."""
+    number = name.split()[0]
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(digits), number[len(digits) :]
+
+
 _ENCODED: list[bytes] = []  # the decode bound's bytes, inherited by its forked processes
 
 
@@ -179,9 +187,9 @@ def main(
     results: dict[str, tuple[float, int, int]] = {}
     workers: dict[str, int] = {}
 
-    def module(lake: str) -> DeepLakeDataModule:
+    def module(lake: str, workers: int | None = num_workers) -> DeepLakeDataModule:
         dm = DeepLakeDataModule(
-            train_url=lake, val_url=lake, raw_dir=raw_dir, batch_size=batch_size, num_workers=num_workers,
+            train_url=lake, val_url=lake, raw_dir=raw_dir, batch_size=batch_size, num_workers=workers,
             seed=seed, drop_last=False, rotation=0.0,
         )  # fmt: skip
         dm.prepare_data()
@@ -235,6 +243,8 @@ def main(
             bound = f"{8 + n} decode-only bound {codec}"
             results[bound] = decode_bound(encoded, codec, hwc.shape[-1], epochs, cores)
             workers[bound] = cores
+    png_workers = workers["6 DeepLakeDataModule png"]  # the raw lake with as many: memory comparable
+    run_module(f"3w DeepLakeDataModule raw, {png_workers} workers", module(url, png_workers))
     for n, other in enumerate(compare or []):
         run_module(f"{10 + n} DeepLakeDataModule {other}", module(other))
 
@@ -242,7 +252,7 @@ def main(
     width = max(36, *(len(name) + 2 for name in results))
     header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'timed epochs':>15}"
     print(f"{'loader':<{width}}{header}")
-    for name in sorted(results, key=lambda k: int(k.split()[0])):
+    for name in sorted(results, key=_row_key):
         rate, first, steady = results[name]
         growth = f"{first / 2**20:>19.1f} MB{steady / 2**20:>12.1f} MB"
         print(f"{name:<{width}}{workers.get(name, 0):>8}{rate:>12,.0f}{growth}")
@@ -256,7 +266,7 @@ def main(
         "png_vs_decode": rate["6"] / rate["8"],
         "jpeg_vs_decode": rate["7"] / rate["9"],
     }
-    ratios.update({f"{n}_vs_memory": rate[n] / rate["1"] for n in rate if int(n) >= 10})
+    ratios.update({f"{n}_vs_memory": rate[n] / rate["1"] for n in rate if _row_key(n)[0] >= 10})
     print(" ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     return ratios
 

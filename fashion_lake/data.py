@@ -9,6 +9,7 @@ augmented float tensors in ``on_after_batch_transfer``, on the accelerator when 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -347,6 +348,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, min(8, cores // max(1, devices)))
 
+    def _prefetch(self, dataset: LakeDataset) -> int:
+        """Batches in flight per worker: up to 8 (small batches cross from a worker faster than the
+        main process asks for them; 8 rather than torch's 2 measured +15% for jpeg 28x28), but
+        no more than ~64 MB of decoded images per worker."""
+        batch_bytes = self.per_device_batch_size * math.prod(dataset.info.sample_shape)
+        return max(2, min(8, (64 << 20) // max(1, batch_bytes)))
+
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
@@ -376,6 +384,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             collate_fn=_passthrough,
             pin_memory=self.device.type == "cuda",
             persistent_workers=split in ("train", "val") and workers > 0,
+            prefetch_factor=self._prefetch(dataset) if workers else None,
         )
         if train:
             self._train_loader = loader
