@@ -24,6 +24,7 @@ The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_n
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import statistics
@@ -96,7 +97,7 @@ def time_epochs(
     batches would slow the fastest loaders measurably.
     """
     me = os.getpid()
-    base = pss_bytes([me])
+    base = pss_bytes([me, *_children(me)])
     peaks, rates = [base, 0], []
     warm = base
     for epoch in tqdm(range(epochs + 1), desc=name, unit="epoch", leave=False):
@@ -207,7 +208,9 @@ def main(
         workers[name] = loader.num_workers
         set_epoch = loader.batch_sampler.sampler.set_epoch
         results[name] = time_epochs(name, loader, epochs, consume, set_epoch=set_epoch)
-        del loader  # its workers end here, before the next loader is timed
+        del loader, consume, set_epoch
+        dm._train_loader = None  # the module holds the loader too
+        gc.collect()  # its persistent workers end here, before the next loader is timed
 
     dm = module(url)
     rows, class_names = len(dm.datasets["train"]), dm.class_names
