@@ -45,7 +45,7 @@ def build_model(
     ``stem="imagenet"``, as in the Deep Lake tutorial: ``conv1 = Conv2d(in_channels, 64, 7, 2, 3)``
     and the max-pool, which shrink a 28x28 image to 7x7 before the first block. ``stem="small"``,
     as ResNets for small images: ``conv1 = Conv2d(in_channels, 64, 3, 1, 1)`` and no max-pool, so
-    the first block sees all 28x28 pixels (about 16x the compute of the ImageNet stem).
+    the first block sees all 28x28 pixels (about 14x the FLOPs of a training step).
 
     With ``pretrained`` every ImageNet weight but the head is loaded. The ImageNet stem's 7x7
     filters are summed over RGB (or kept, for 3 channels) so the new stem starts from them. The
@@ -91,7 +91,7 @@ class FashionMnistModule(pl.LightningModule):
         label_smoothing: Cross-entropy label smoothing.
         stem: ``imagenet`` (the tutorial's 7x7 stride-2 conv and max-pool: 28x28 -> 7x7) or
             ``small`` (a 3x3 stride-1 conv, no max-pool: the blocks see 28x28, as in ResNets for
-            small images; about 16x the compute). With ``pretrained`` the small stem starts
+            small images; about 14x the FLOPs). With ``pretrained`` the small stem starts
             fresh and the blocks are loaded.
         channels_last: Keep weights and activations in channels-last memory order, which
             tensor-core GPUs convolve faster (with ``trainer.precision: bf16-mixed``); the
