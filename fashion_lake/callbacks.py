@@ -19,12 +19,14 @@ class DataWait(pl.Callback):
 
     Waiting is the time from the end of one step to the start of the next: fetching from the
     loader, the host-to-device copy and the on-device batch transform. Near 0 means the
-    model, not the data path, sets the pace.
+    model, not the data path, sets the pace. ``wait`` and ``step_time`` hold the last step's
+    seconds, for tools that time steps (``fashion_lake.speed``).
     """
 
     def __init__(self) -> None:
         self._last_end: float | None = None
-        self._wait = 0.0
+        self.wait = 0.0
+        self.step_time = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_end = time.perf_counter()
@@ -34,16 +36,16 @@ class DataWait(pl.Callback):
     ) -> None:
         if self._last_end is None:  # resumed mid-epoch: no previous step to measure from
             self._last_end = time.perf_counter()
-        self._wait = time.perf_counter() - self._last_end
+        self.wait = time.perf_counter() - self._last_end
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         now = time.perf_counter()
-        step = now - self._last_end
+        step = self.step_time = now - self._last_end
         self._last_end = now
         pl_module.log(
-            "data_wait", self._wait / step if step > 0 else 0.0, on_step=True, on_epoch=True, batch_size=1
+            "data_wait", self.wait / step if step > 0 else 0.0, on_step=True, on_epoch=True, batch_size=1
         )
 
 
@@ -75,12 +77,53 @@ class Reports(pl.Callback):
     Files: ``train_images.png`` at fit start; ``metrics.csv`` (per epoch), ``curves.png`` and
     ``confusion_val.png`` at the end of ``fit``; ``confusion_test.png`` and
     ``per_class_test.md`` at the end of ``test``.
+
+    Time to accuracy, to compare recipes and machines: ``train_time`` in ``metrics.csv`` is the
+    wall time in seconds since training started, not counting validation, at each epoch's
+    validation; ``time_to_90`` (for threshold 0.90, and so on) is that time in the row of the
+    first validation with ``val_acc`` >= the threshold. One line at the end of ``fit`` sums them
+    up. Both carry over a resume (they are in the checkpoint).
+
+    Args:
+        grid_images: Training images in the picture drawn at fit start.
+        thresholds: ``val_acc`` levels to time, in [0, 1]; ``[]`` for none.
     """
 
-    def __init__(self, grid_images: int = 32) -> None:
+    def __init__(
+        self, grid_images: int = 32, thresholds: tuple[float, ...] = (0.90, 0.92, 0.94, 0.95)
+    ) -> None:
+        if not all(0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(
+                f"Reports thresholds are val_acc levels, each in [0, 1] (e.g. 0.94), got {thresholds}"
+            )
         self.grid_images = grid_images
+        self.thresholds = tuple(sorted(thresholds))
         self.history: list[dict[str, float]] = []
+        self.reached: dict[float, tuple[float, int]] = {}  # threshold -> (train_time, epoch)
         self._train_losses: list[float] = []
+        self._earlier_time = 0.0  # training seconds before this fit started (resumed runs)
+        self._started: float | None = None
+        self._val_started: float | None = None
+        self._val_time = 0.0
+
+    def train_time(self) -> float:
+        """Seconds of training so far (this run and those it resumed), validation not counted."""
+        if self._started is None:
+            return self._earlier_time
+        return self._earlier_time + time.perf_counter() - self._started - self._val_time
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_time": self.train_time(), "reached": dict(self.reached)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._earlier_time = state_dict.get("train_time", 0.0)
+        self.reached = dict(state_dict.get("reached", {}))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started, self._val_time = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_started = time.perf_counter()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -117,11 +160,33 @@ class Reports(pl.Callback):
         if trainer.sanity_checking:
             return
         if trainer.state.fn == "fit":
+            if self._started is not None and self._val_started is not None:
+                self._val_time += time.perf_counter() - self._val_started
             row = self._epoch_row(trainer)
             for key in ("val_acc", "val_loss"):
                 if key in trainer.callback_metrics:
                     row[key] = float(trainer.callback_metrics[key])
+            self._time_accuracy(row, trainer.current_epoch)
         self._report_confusion(trainer, pl_module, "val")
+
+    def _time_accuracy(self, row: dict[str, float], epoch: int) -> None:
+        row["train_time"] = self.train_time()
+        for threshold in self.thresholds:
+            if threshold not in self.reached and row.get("val_acc", -1.0) >= threshold:
+                self.reached[threshold] = (row["train_time"], epoch)
+                row[_time_column(threshold)] = row["train_time"]
+
+    def time_summary(self) -> str:
+        """One line: the training time at which val_acc first reached each threshold."""
+        parts = []
+        for threshold in self.thresholds:
+            label = f"{threshold * 100:g}%"
+            if threshold in self.reached:
+                seconds, epoch = self.reached[threshold]
+                parts.append(f"{label} {seconds:.1f} s (epoch {epoch})")
+            else:
+                parts.append(f"{label} not reached")
+        return "Time to val_acc (training seconds, validation not counted): " + ", ".join(parts)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report_confusion(trainer, pl_module, "test")
@@ -136,11 +201,16 @@ class Reports(pl.Callback):
             )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not self.history:
+        if not trainer.is_global_zero:  # no collective calls below: rank 0 alone gets here
+            return
+        if self.thresholds:
+            print(self.time_summary())
+        if not self.history:
             return
         out = run_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
-        keys = ["epoch", *sorted({k for row in self.history for k in row} - {"epoch"})]
+        columns = {k for row in self.history for k in row} | {_time_column(t) for t in self.thresholds}
+        keys = ["epoch", *sorted(columns - {"epoch"})]  # time_to_* blank: not reached (in this run)
         with (out / "metrics.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
@@ -167,6 +237,11 @@ class Reports(pl.Callback):
         writer.add_text(
             f"{stage}/per_class_accuracy", plots.per_class_table(matrix, pl_module.class_names), step
         )
+
+
+def _time_column(threshold: float) -> str:
+    """``time_to_90`` for 0.90, ``time_to_92.5`` for 0.925."""
+    return f"time_to_{threshold * 100:g}"
 
 
 class PredictionWriter(BasePredictionWriter):

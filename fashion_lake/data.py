@@ -87,6 +87,11 @@ class DeepLakeDataModule(pl.LightningDataModule):
         eval_transform: Per-column, per-sample transforms for val/test/predict rows.
         rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
         normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1].
+        flip: Whole-batch pipeline: mirror each training image left-right with probability 0.5.
+        crop_padding: Whole-batch pipeline: pad each training image with this many zero pixels
+            per side and crop it back at a random offset, as ``RandomCrop(28, padding)`` (0: off).
+        erasing: Whole-batch pipeline: probability that a training image gets a random rectangle
+            set to 0 after normalising, as ``RandomErasing`` with its default sizes (0: off).
         block_size: Rows read in one contiguous request and cached together.
         shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
             is closer to a uniform shuffle and holds more blocks in memory per worker.
@@ -130,6 +135,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         eval_transform: ColumnTransforms | None = None,
         rotation: float = 20.0,
         normalize: tuple[float, float] = (0.5, 0.5),
+        flip: bool = False,
+        crop_padding: int = 0,
+        erasing: float = 0.0,
         block_size: int = 1024,
         shuffle_window: int = 16384,
         train_query: str | None = None,
@@ -158,7 +166,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.image_column, self.label_column = image_column, label_column
         self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
-        self.batch_transform = BatchTransform(rotation, *normalize)
+        self.batch_transform = BatchTransform(
+            rotation, *normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
+        )
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version

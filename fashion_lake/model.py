@@ -33,26 +33,45 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
         ) from e
 
 
-def build_model(num_classes: int, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+Stem = Literal["imagenet", "small"]
+STEMS: tuple[str, ...] = ("imagenet", "small")
+
+
+def build_model(
+    num_classes: int, in_channels: int = 1, pretrained: bool = False, stem: Stem = "imagenet"
+) -> nn.Module:
     """ResNet18 with a new ``in_channels`` stem and a ``num_classes`` head.
 
-    As in the Deep Lake tutorial: ``conv1 = Conv2d(in_channels, 64, 7, 2, 3, bias=False)`` and a
-    new ``fc``. With ``pretrained`` the ImageNet stem weights are summed over RGB (or kept, for
-    3 channels) so the new stem starts from the learned filters.
+    ``stem="imagenet"``, as in the Deep Lake tutorial: ``conv1 = Conv2d(in_channels, 64, 7, 2, 3)``
+    and the max-pool, which shrink a 28x28 image to 7x7 before the first block. ``stem="small"``,
+    as ResNets for small images: ``conv1 = Conv2d(in_channels, 64, 3, 1, 1)`` and no max-pool, so
+    the first block sees all 28x28 pixels (about 14x the FLOPs of a training step).
+
+    With ``pretrained`` every ImageNet weight but the head is loaded. The ImageNet stem's 7x7
+    filters are summed over RGB (or kept, for 3 channels) so the new stem starts from them. The
+    small stem cannot reuse them (its 3x3 stride-1 filters see pixels, not 7x7 patches of a
+    224x224 photo), so ``conv1`` and the ``bn1`` that normalises its channels start fresh and
+    ``layer1``..``layer4`` are kept.
     """
     if num_classes < 2 or in_channels < 1:
         raise ModelError(f"need num_classes >= 2 and in_channels >= 1, got {num_classes} and {in_channels}")
+    if stem not in STEMS:
+        raise ModelError(f"model.stem must be one of {', '.join(STEMS)}, got {stem!r}")
     net = resnet18(weights=None)
     if pretrained:
         net.load_state_dict(_imagenet_state())
-    rgb_stem = net.conv1.weight.detach()
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    if pretrained:
-        with torch.no_grad():
-            stem = (
-                rgb_stem if in_channels == 3 else rgb_stem.sum(1, keepdim=True).repeat(1, in_channels, 1, 1)
-            )
-            net.conv1.weight.copy_(stem / (1 if in_channels == 3 else in_channels))
+    if stem == "small":
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+        net.bn1 = nn.BatchNorm2d(64)
+        net.maxpool = nn.Identity()
+    else:
+        rgb_stem = net.conv1.weight.detach()
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if pretrained:
+            with torch.no_grad():
+                summed = rgb_stem.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+                net.conv1.weight.copy_(rgb_stem if in_channels == 3 else summed)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
 
@@ -70,6 +89,15 @@ class FashionMnistModule(pl.LightningModule):
         lr_schedule: ``one_cycle`` (warm up to the optimizer's lr, then anneal), ``cosine``
             (anneal from it) or ``constant``; steps come from the Trainer's run length.
         label_smoothing: Cross-entropy label smoothing.
+        stem: ``imagenet`` (the tutorial's 7x7 stride-2 conv and max-pool: 28x28 -> 7x7) or
+            ``small`` (a 3x3 stride-1 conv, no max-pool: the blocks see 28x28, as in ResNets for
+            small images; about 14x the FLOPs). With ``pretrained`` the small stem starts
+            fresh and the blocks are loaded.
+        channels_last: Keep weights and activations in channels-last memory order, which
+            tensor-core GPUs convolve faster (with ``trainer.precision: bf16-mixed``); the
+            same numbers up to floating-point rounding.
+        compile: ``torch.compile`` the network: usually faster steps on a GPU, after compiling
+            at the start (which counts in the training time); checkpoints are the same either way.
     """
 
     def __init__(
@@ -81,13 +109,21 @@ class FashionMnistModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle",
         label_smoothing: float = 0.0,
+        stem: Stem = "imagenet",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ModelError(f"{len(self.class_names)} class names for {num_classes} classes")
-        self.net = build_model(num_classes, in_channels, pretrained)
+        self.net = build_model(num_classes, in_channels, pretrained, stem)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)  # kept by .to(device) and checkpoint loads
+        if compile:
+            self.net.compile()  # in place: the state dict keeps its keys, unlike torch.compile(net)
         self.optimizer = optimizer
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -98,7 +134,7 @@ class FashionMnistModule(pl.LightningModule):
         self.confusion: dict[str, torch.Tensor] = {}  # last epoch's, for reports
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def _count_skipped(self, batch: dict, stage: str) -> None:
         if "skipped" in batch:  # corrupt rows the data module skipped (--data.skip_corrupt)

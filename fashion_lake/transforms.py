@@ -3,7 +3,8 @@
 The default path keeps images uint8 through the loader and turns them into normalised float
 batches after they reach the device (``BatchTransform``): one ``grid_sample`` rotates every
 image by its own random angle, as ``RandomRotation`` does per sample, at a fraction of the
-cost. ``SeedTransform`` is the tutorial's exact per-sample pipeline, applied per column
+cost; flips, padded crops and random erasing work the same way, a few tensor operations per
+batch. ``SeedTransform`` is the tutorial's exact per-sample pipeline, applied per column
 through ``ColumnTransform``, for fidelity.
 """
 
@@ -54,24 +55,64 @@ class ColumnTransform:
 
 
 class BatchTransform:
-    """uint8 ``(B, C, H, W)`` -> normalised float, with per-sample random rotation when training.
+    """uint8 ``(B, C, H, W)`` -> normalised float, with per-sample random augmentation when training.
 
-    Matches ``RandomRotation(degrees)`` (angle uniform in [-degrees, degrees], nearest
-    neighbour, zero fill, about the centre) followed by ``ToTensor`` and ``Normalize``.
+    In this order, each image drawing its own parameters: rotation as ``RandomRotation(degrees)``
+    (angle uniform in [-degrees, degrees], nearest neighbour, zero fill, about the centre);
+    horizontal flip with probability 0.5 (``flip``); a crop at a random offset from the image
+    zero-padded by ``crop_padding`` pixels, as ``RandomCrop(size, padding)``; then ``ToTensor``
+    and ``Normalize``; then, with probability ``erasing``, a random rectangle set to 0, as
+    ``RandomErasing(p=erasing, value=0)`` after ``Normalize``. Every random number comes from
+    ``generator`` (the batch's own, see ``DeepLakeDataModule.on_before_batch_transfer``) in a
+    fixed order, so the same seed and batch give the same pixels; an augmentation that is off
+    draws nothing, so turning the new ones off leaves the rotation's angles as they were.
     """
 
-    def __init__(self, degrees: float = 20.0, mean: float = 0.5, std: float = 0.5) -> None:
+    def __init__(
+        self,
+        degrees: float = 20.0,
+        mean: float = 0.5,
+        std: float = 0.5,
+        flip: bool = False,
+        crop_padding: int = 0,
+        erasing: float = 0.0,
+    ) -> None:
         if degrees < 0 or std <= 0:
             raise ValueError(f"need degrees >= 0 and std > 0, got {degrees} and {std}")
+        if crop_padding < 0:
+            raise ValueError(
+                f"crop_padding is the zero border (pixels) a random crop may shift into; it must be >= 0 "
+                f"(0: no crop), got {crop_padding}"
+            )
+        if not 0.0 <= erasing <= 1.0:
+            raise ValueError(
+                f"erasing is the probability that an image gets a random rectangle erased; it must be in "
+                f"[0, 1] (0: off, 0.5 is usual), got {erasing}"
+            )
         self.degrees, self.mean, self.std = degrees, mean, std
+        self.flip, self.crop_padding, self.erasing = flip, crop_padding, erasing
 
     def __call__(
         self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         x = images.float().div_(255.0)
-        if train and self.degrees and len(x):
+        augment = train and len(x) > 0
+        if augment and self.degrees:
             x = rotate(x, self.degrees, generator)
-        return x.sub_(self.mean).div_(self.std)
+        if augment and self.flip:
+            x = hflip(x, generator)
+        if augment and self.crop_padding:
+            x = crop(x, self.crop_padding, generator)
+        x = x.sub_(self.mean).div_(self.std)
+        if augment and self.erasing:
+            x = erase(x, self.erasing, generator)
+        return x
+
+
+def _rand(n: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) numbers from ``generator`` (else torch's global one), moved to ``device``."""
+    shape = (n,) if isinstance(n, int) else n
+    return torch.rand(shape, generator=generator, device=generator.device if generator else "cpu").to(device)
 
 
 def rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -87,3 +128,57 @@ def rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None = 
     matrix = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def hflip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``."""
+    flipped = _rand(x.shape[0], generator, x.device) < p
+    return torch.where(flipped[:, None, None, None], x.flip(-1), x)
+
+
+def crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad each image with ``padding`` zeros on every side and cut it back to size at a random offset.
+
+    Offsets are uniform in [0, 2 * padding] per axis and image, as ``RandomCrop(size, padding)``:
+    the content shifts by up to ``padding`` pixels, what leaves the frame is lost, zeros come in.
+    """
+    n, c, h, w = x.shape
+    offsets = (_rand((2, n), generator, x.device) * (2 * padding + 1)).long()  # floor: uniform ints
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    padded = padded.gather(2, rows.expand(n, c, h, w + 2 * padding))
+    return padded.gather(3, cols.expand(n, c, h, w))
+
+
+def erase(
+    x: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    attempts: int = 10,
+) -> torch.Tensor:
+    """Set a random rectangle of each image to 0 with probability ``p``, as ``RandomErasing``.
+
+    torchvision's rule, for all images at once: up to ``attempts`` draws of an area (a fraction
+    in ``scale`` of the image) and an aspect ratio (log-uniform in ``ratio``); the first that
+    fits is placed uniformly at random; an image where none fits is left as it is.
+    """
+    n, _, h, w = x.shape
+    u = _rand((4, n, attempts), generator, x.device)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+    eh, ew = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+    fits = (eh < h) & (ew < w)
+    first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits (0 if none does)
+    eh, ew = eh.gather(1, first)[:, 0], ew.gather(1, first)[:, 0]
+    top = (u[2].gather(1, first)[:, 0] * (h - eh + 1)).long()
+    left = (u[3].gather(1, first)[:, 0] * (w - ew + 1)).long()
+    erased = (_rand(n, generator, x.device) < p) & fits.any(1)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (n, h)
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (n, w)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & erased[:, None, None]
+    return x.masked_fill(mask[:, None], 0.0)

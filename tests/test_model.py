@@ -78,3 +78,82 @@ def test_readme_config_reference_is_current() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
     assert block == config_reference(), "run: python -m fashion_lake.reference --write README.md"
+
+
+def _stem_output(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the first residual block sees."""
+    return net.maxpool(net.relu(net.bn1(net.conv1(x))))
+
+
+def test_small_stem_keeps_28x28_for_the_blocks() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    small, imagenet = build_model(10, stem="small"), build_model(10)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1) and small.conv1.bias is None
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert _stem_output(small, x).shape == (2, 64, 28, 28)
+    assert _stem_output(imagenet, x).shape == (2, 64, 7, 7)
+    assert small.layer4(small.layer3(small.layer2(small.layer1(_stem_output(small, x))))).shape[-2:] == (4, 4)
+    assert small(x).shape == (2, 10)
+    with pytest.raises(ModelError, match="model.stem must be one of imagenet, small, got 'tiny'"):
+        build_model(10, stem="tiny")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def imagenet_state(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """Stand-in ImageNet weights (the download is not under test): random, unlike a fresh init."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(7)
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v for k, v in resnet18().state_dict().items()
+    }
+    monkeypatch.setattr(model, "_imagenet_state", lambda: state)
+    return state
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "small"])
+def test_pretrained_keeps_the_blocks_with_either_stem(imagenet_state: dict, stem: str) -> None:
+    net = build_model(10, in_channels=1, pretrained=True, stem=stem)
+    got = net.state_dict()
+    blocks = [k for k in imagenet_state if k.startswith("layer")]
+    assert len(blocks) > 80 and all(torch.equal(got[k], imagenet_state[k]) for k in blocks)
+    rgb = imagenet_state["conv1.weight"]
+    if stem == "imagenet":  # the stem's filters summed over RGB, its batch norm kept
+        torch.testing.assert_close(got["conv1.weight"], rgb.sum(1, keepdim=True))
+        assert torch.equal(got["bn1.weight"], imagenet_state["bn1.weight"])
+    else:  # a fresh 3x3 stem and batch norm
+        assert got["conv1.weight"].shape == (64, 1, 3, 3)
+        assert torch.equal(got["bn1.weight"], torch.ones(64)) and torch.equal(
+            got["bn1.running_mean"], torch.zeros(64)
+        )
+    assert got["fc.weight"].shape == (10, 512)
+
+
+def test_default_model_is_unchanged() -> None:
+    """The new options left at their defaults build (and initialise) the same network as before."""
+    torch.manual_seed(3)
+    before = build_model(10, 1, False)
+    torch.manual_seed(3)
+    module = FashionMnistModule(num_classes=10)
+    assert module.hparams.stem == "imagenet" and module.memory_format == torch.contiguous_format
+    for key, value in before.state_dict().items():
+        assert torch.equal(module.net.state_dict()[key], value), key
+
+
+def test_channels_last_same_logits_and_state_keys() -> None:
+    torch.manual_seed(0)
+    plain = FashionMnistModule(num_classes=10, stem="small").eval()
+    fast = FashionMnistModule(num_classes=10, stem="small", channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert fast.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_compile_keeps_checkpoints_compatible() -> None:
+    compiled = FashionMnistModule(num_classes=10, compile=True)
+    plain = FashionMnistModule(num_classes=10)
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    compiled.load_state_dict(plain.state_dict())
