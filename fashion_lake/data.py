@@ -182,6 +182,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "data.skip_corrupt works on the whole-batch pipeline only; drop data.train_transform / "
                 "data.eval_transform (use rotation and normalize) or data.skip_corrupt."
             )
+        augments = {"flip": flip, "crop_padding": crop_padding, "erasing": erasing}
+        if train_transform is not None and any(augments.values()):
+            named = ", ".join(f"data.{name}" for name, on in augments.items() if on)
+            raise LakeError(
+                f"{named} work on the whole-batch pipeline, which data.train_transform replaces; drop "
+                "data.train_transform or put the augmentation in it."
+            )
         check_secrets(creds, token)
         self.creds, self.token = creds, token
         self.dist_override: DistContext | None = None

@@ -391,6 +391,11 @@ def test_training_position_survives_a_checkpoint(
     assert [b["index"].tolist() for b in loader] == rest
 
 
+def test_batch_augmentations_need_the_batch_pipeline() -> None:
+    with pytest.raises(LakeError, match="data.flip, data.erasing work on the whole-batch pipeline"):
+        DeepLakeDataModule(flip=True, erasing=0.5, train_transform={"images": SeedTransform(train=True)})
+
+
 def test_skip_corrupt_needs_the_batch_pipeline(corrupt_lake: str) -> None:
     with pytest.raises(LakeError, match="skip_corrupt works on the whole-batch pipeline only"):
         DeepLakeDataModule(
