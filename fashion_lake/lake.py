@@ -155,7 +155,7 @@ def open_lake(
         else:
             try:
                 ds = deeplake.open_read_only(url, **args)
-            except Exception as not_v4:
+            except deeplake.LogNotexistsError as not_v4:  # not a 4.x dataset; denied access is not this
                 try:
                     ds = _query_v3(url, args)
                 except Exception:
