@@ -399,9 +399,10 @@ def convert(
 ) -> str:
     """Convert a Deep Lake 3 dataset (e.g. the tutorial's hub://activeloop/...) to a native 4.x copy.
 
-    Runs ``deeplake.convert`` into a staging folder, which is renamed into place (local DEST) or
-    copied to DEST marked unfinished until the copy is complete (remote DEST), so a failed or
-    killed conversion leaves nothing at DEST that opens as complete. The copy keeps the images'
+    Runs ``deeplake.convert`` into a staging folder, which is renamed into place (local DEST: a
+    hidden sibling of it) or copied to DEST marked unfinished until the copy is complete (remote
+    DEST: staged in the system temp folder, ``$TMPDIR``, which needs room for the dataset), so a
+    failed or killed conversion leaves nothing at DEST that opens as complete. The copy keeps the images'
     encoded bytes and the class names, and records ``src`` in its metadata.
 
     Args:
