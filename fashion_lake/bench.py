@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.data import DeepLakeDataModule, available_cores
 from fashion_lake.decode import decode_all
 from fashion_lake.lake import open_lake
 from fashion_lake.transforms import ColumnTransform, SeedTransform
@@ -235,7 +235,7 @@ def main(
     )
     del naive, seed_loader, seed_rows
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for n, codec in enumerate(CODECS):
             lake = str(Path(tmp) / f"{Path(url).name}-{codec}")

@@ -52,6 +52,11 @@ def _passthrough(batch: dict) -> dict:
     return batch
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _default_raw_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_lake" / "fashion-mnist"
 
@@ -361,9 +366,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             return self.num_workers
         if dataset.info.codec is None and dataset.sample_transform is None:
             return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         devices = self.trainer.num_devices if self.trainer is not None else 1
-        return max(1, min(8, cores // max(1, devices)))
+        return max(1, min(8, available_cores() // max(1, devices)))
 
     def _prefetch(self, dataset: LakeDataset) -> int:
         """Batches in flight per worker: up to 8 (small batches cross from a worker faster than the

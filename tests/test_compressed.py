@@ -111,6 +111,11 @@ def test_device_decode_matches_host_decode(codec_lakes: dict) -> None:
     assert torch.equal(batch["images"], host["images"]) and torch.equal(batch["index"], host["index"])
 
 
+def test_unknown_decode_place_is_refused(codec_lakes: dict) -> None:
+    with pytest.raises(LakeError, match="data.decode must be auto, host or device, not 'gpu'"):
+        _module(codec_lakes["jpeg"], batch_size=16, decode="gpu")
+
+
 def test_device_decode_of_png_is_refused(codec_lakes: dict) -> None:
     with pytest.raises(LakeError, match="decode device decodes jpeg only.*holds png images"):
         _module(codec_lakes["png"], batch_size=16, decode="device").setup("validate")
