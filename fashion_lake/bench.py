@@ -20,6 +20,19 @@ split between the processes that map them), so the main process and its workers 
 The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_naive``,
 ``aug_vs_seed``, ``png_vs_memory`` / ``jpeg_vs_memory`` and ``png_vs_decode`` /
 ``jpeg_vs_decode`` (the data module against the decode-only bound).
+
+    python -m fashion_lake.bench --ingest 1000
+
+times ``ingest image_folder`` instead, on N and 4N synthetic jpeg photos (random sizes from
+200x150 to 640x480, 10 classes) written to a temporary folder: with its defaults (the files
+keep their bytes) and with ``image_size 256`` (every file decoded, resized and re-encoded).
+Each ingest runs in a fresh process, timed from its imports' end to ``image_folder``'s return;
+meanwhile its memory is sampled every 50 ms: RSS and PSS summed over it and its worker
+processes ("RSS ready": the process alone before it started). Then the N photos' lake (bytes
+kept) is read as 224x224 batches: the data module's training crops (P1) and evaluation crops
+(P2), and ``ds.pytorch`` with torchvision's ``RandomResizedCrop`` per sample (P3). The last line
+holds ``rss_4n_vs_n`` (memory must not grow with the number of files), ``kept_vs_reencoded``
+and ``crops_vs_per_sample``.
 """
 
 from __future__ import annotations
@@ -27,11 +40,16 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,17 +64,23 @@ from fashion_lake.transforms import ColumnTransform, SeedTransform
 CODECS = ("png", "jpeg")
 
 
-def pss_bytes(pids: Iterable[int]) -> int:
-    """Proportional resident memory of these processes (Linux /proc), for the memory check."""
-    total = 0
+def rollup_bytes(pids: Iterable[int], fields: tuple[str, ...] = ("Pss",)) -> dict[str, int]:
+    """``fields`` of /proc/PID/smaps_rollup (Linux) summed over these processes, in bytes."""
+    totals = dict.fromkeys(fields, 0)
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+                key = line.split(":", 1)[0]
+                if key in totals:
+                    totals[key] += int(line.split()[1]) * 1024
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return totals
+
+
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Proportional resident memory of these processes (Linux /proc), for the memory check."""
+    return rollup_bytes(pids)["Pss"]
 
 
 def _children(pid: int) -> list[int]:
@@ -64,6 +88,11 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:
         return []
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    return [pid, *(p for child in _children(pid) for p in _tree(child))]
 
 
 def write_plain_lake(
@@ -156,6 +185,158 @@ def decode_bound(
     return statistics.median(rates), 0, 0
 
 
+# ----------------------------------------------------------------------------- ingest
+PHOTO_CLASSES = 10
+# One ingest in a fresh process: prints "ready" once imported, then the seconds image_folder took.
+_INGEST = """import sys, time
+from fashion_lake.ingest import image_folder
+print("ready", flush=True)
+start = time.perf_counter()
+image_folder(sys.argv[1], sys.argv[2], image_size=int(sys.argv[3]) or None)
+print(time.perf_counter() - start, flush=True)
+"""
+
+
+class IngestRun(NamedTuple):
+    files: int
+    nbytes: int
+    seconds: float
+    rss: int  # peaks, bytes
+    pss: int
+    ready: int
+
+
+def write_photos(root: Path, count: int, rng: np.random.Generator, first: int = 0) -> None:
+    """``count`` photo-like RGB jpegs (smooth random colour fields plus sensor-like noise, quality
+    90) of random sizes from 200x150 to 640x480, spread over PHOTO_CLASSES class folders."""
+    from PIL import Image
+
+    for i in range(first, first + count):
+        width, height = int(rng.integers(200, 641)), int(rng.integers(150, 481))
+        coarse = rng.integers(0, 256, (height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
+        pixels = np.clip(smooth + rng.integers(-6, 7, smooth.shape, dtype=np.int16), 0, 255)
+        folder = root / f"class{i % PHOTO_CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def run_ingest(root: Path, dest: Path, image_size: int | None) -> tuple[float, int, int, int]:
+    """Seconds ``image_folder(root, dest)`` takes in a fresh process; peak RSS and peak PSS summed
+    over that process and its workers meanwhile (sampled every 50 ms); and the process's RSS
+    before it started. Its imports and its exit are not counted."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-c", _INGEST, str(root), str(dest), str(image_size or 0)]
+    peaks = {"Rss": 0, "Pss": 0}
+    done = threading.Event()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+
+        def sample() -> None:
+            while not done.is_set():
+                now = rollup_bytes(_tree(proc.pid), ("Rss", "Pss"))
+                peaks.update({key: max(peaks[key], now[key]) for key in peaks})
+                done.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        proc.stdout.readline()  # "ready": imported
+        ready = rollup_bytes([proc.pid], ("Rss",))["Rss"]
+        sampler.start()
+        seconds = proc.stdout.readline()  # image_folder returned
+        done.set()
+        sampler.join()
+        if proc.wait() != 0:
+            err.seek(0)
+            raise SystemExit(f"fashion_lake.bench: error: the ingest failed:\n{err.read()[-3000:]}")
+    return float(seconds), peaks["Rss"], peaks["Pss"], ready
+
+
+def ingest_bench(n: int, seed: int, work_dir: str | None) -> dict[str, float]:
+    """Time ``ingest image_folder`` on n and 4n synthetic photos, kept and re-encoded; print a
+    table and the ratio line."""
+    if n < PHOTO_CLASSES:
+        raise SystemExit(f"fashion_lake.bench: error: --ingest must be >= {PHOTO_CLASSES}")
+    rng = np.random.default_rng(seed)
+    runs: dict[tuple[str, str], IngestRun] = {}
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        roots = {"N": Path(tmp) / "photos-n", "4N": Path(tmp) / "photos-4n"}
+        start = time.perf_counter()
+        write_photos(roots["N"], n, rng)
+        write_photos(roots["4N"], 3 * n, rng, first=n)
+        for path in roots["N"].rglob("*.jpg"):  # 4N = the same N files (linked) and 3N more
+            os.link(path, roots["4N"] / path.relative_to(roots["N"]))
+        print(f"wrote {4 * n} photos in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        for how, image_size in (("kept", None), ("image_size 256", 256)):
+            for size, root in roots.items():
+                files = list(root.rglob("*.jpg"))
+                dest = Path(tmp) / f"lake-{how}-{size}".replace(" ", "")
+                seconds, rss, pss, ready = run_ingest(root, dest, image_size)
+                if (how, size) != ("kept", "N"):
+                    shutil.rmtree(dest)
+                nbytes = sum(f.stat().st_size for f in files)
+                runs[how, size] = IngestRun(len(files), nbytes, seconds, rss, pss, ready)
+        loaders = photo_loaders(str(Path(tmp) / "lake-kept-N"), seed)
+    print(f"\ningest image_folder, {available_cores()} cores, the files in the page cache")
+    columns = ("files", "MB", "seconds", "images/s", "MB/s", "peak RSS", "peak PSS", "RSS ready")
+    print(f"{'run':<20}" + "".join(f"{c:>11}" for c in columns))
+    for (how, size), run in runs.items():
+        mb = run.nbytes / 2**20
+        memory = [f"{m / 2**20:.0f} MB" for m in (run.rss, run.pss, run.ready)]
+        cells = [run.files, f"{mb:.1f}", f"{run.seconds:.2f}", f"{run.files / run.seconds:,.0f}",
+                 f"{mb / run.seconds:.1f}", *memory]  # fmt: skip
+        print(f"{how + ', ' + size:<20}" + "".join(f"{c:>11}" for c in cells))
+    rate = {key: run.files / run.seconds for key, run in runs.items()}
+    ratios = {
+        "rss_4n_vs_n": runs["kept", "4N"].rss / runs["kept", "N"].rss,
+        "rss_4n_vs_n_resized": runs["image_size 256", "4N"].rss / runs["image_size 256", "N"].rss,
+        "pss_4n_vs_n": runs["kept", "4N"].pss / runs["kept", "N"].pss,
+        "kept_vs_reencoded": rate["kept", "4N"] / rate["image_size 256", "4N"],
+    }
+    print(f"\n{n} of those photos (kept jpeg bytes) to 224x224 batches of {PHOTO_BATCH}, median of 2 epochs")
+    print(f"{'loader':<44}{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'timed epochs':>15}")
+    for name, (workers, (rate_, first, steady)) in loaders.items():
+        print(f"{name:<44}{workers:>8}{rate_:>12,.0f}{first / 2**20:>19.1f} MB{steady / 2**20:>12.1f} MB")
+    ratios["crops_vs_per_sample"] = loaders["P1 data module, train crops"][1][0] / loaders[PER_SAMPLE][1][0]
+    print(" ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+    return ratios
+
+
+PHOTO_BATCH = 64
+PER_SAMPLE = "P3 ds.pytorch + RandomResizedCrop per sample"
+
+
+def photo_loaders(lake: str, seed: int) -> dict[str, tuple[int, tuple[float, int, int]]]:
+    """The data module's 224x224 training crops and evaluation crops on a photo lake, and what a
+    user writes per sample without it: ``ds.pytorch`` with torchvision's ``RandomResizedCrop``
+    (PIL) on as many worker processes. name -> (workers, time_epochs' result)."""
+    from torchvision import transforms as T
+
+    out = {}
+    dm = DeepLakeDataModule(train_url=lake, val_url=lake, batch_size=PHOTO_BATCH, seed=seed, image_size=224,
+                            rotation=0.0, drop_last=False, normalize="imagenet")  # fmt: skip
+    dm.setup("fit")
+    for name, loader in (("P1 data module, train crops", dm.train_dataloader()),
+                         ("P2 data module, eval resize + centre crop", dm.val_dataloader())):  # fmt: skip
+        set_epoch = loader.batch_sampler.set_epoch
+        out[name] = (
+            loader.num_workers,
+            time_epochs(name, loader, 2, lambda b: b["images"], set_epoch=set_epoch),
+        )
+        del loader, set_epoch
+        dm._train_loader = None
+        gc.collect()
+    workers = out["P1 data module, train crops"][0]
+    crop = T.Compose([T.ToPILImage(), T.RandomResizedCrop(224), T.PILToTensor()])
+    rows = open_lake(lake).pytorch(
+        transform=lambda row: {"images": crop(row["images"]), "labels": row["labels"]}
+    )
+    per_sample = DataLoader(
+        rows, batch_size=PHOTO_BATCH, shuffle=True, num_workers=workers, persistent_workers=True
+    )
+    out[PER_SAMPLE] = workers, time_epochs("per-sample", per_sample, 2, lambda b: b["images"])
+    return out
+
+
 def main(
     url: str = "lakes/fashion-mnist-train",
     raw_dir: str | None = None,
@@ -166,6 +347,7 @@ def main(
     seed: int = 0,
     work_dir: str | None = None,
     compare: list[str] | None = None,
+    ingest: int | None = None,
 ) -> dict[str, float]:
     """Benchmark the data path and print a table and the ratio line.
 
@@ -181,7 +363,11 @@ def main(
         work_dir: Where to write the png/jpeg copies (default: a temporary folder, removed after).
         compare: More lakes to time the data module on, a row each (e.g. a Deep Lake 3 dataset
             and its converted copy).
+        ingest: Benchmark ``ingest image_folder`` instead, on this many synthetic photos and on
+            four times as many (written under work_dir).
     """
+    if ingest is not None:
+        return ingest_bench(ingest, seed, work_dir)
     if epochs < 1 or slow_batches < 1:
         raise SystemExit("fashion_lake.bench: error: --epochs and --slow_batches must be >= 1")
     torch.manual_seed(seed)

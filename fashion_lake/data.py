@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
 from fashion_lake.lake import (
     V3_NOTICE,
@@ -41,6 +42,9 @@ from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_bat
 from fashion_lake.transforms import BatchTransform, ColumnTransform
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
+Stats = float | list[float]
+# torchvision's ImageNet statistics: what its pretrained weights (model.pretrained) were trained on
+IMAGENET_STATS: tuple[list[float], list[float]] = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 # Lightning stage -> the split whose loader feeds it
 STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
@@ -79,8 +83,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             the training order identical for any number of devices.
         num_workers: DataLoader worker processes per device; ``null`` (default) picks by storage:
             0 for raw image columns (reads are memory copies, fastest in-process), else one per
-            CPU core available to each device, up to 8, since png/jpeg decoding is CPU-bound
-            and scales over processes.
+            CPU core available to each device, up to 8, since png/jpeg decoding (and cropping,
+            with ``image_size``) is CPU-bound and scales over processes.
         seed: Seeds each epoch's shuffle as ``(seed, epoch)``.
         drop_last: Drop the last incomplete global training batch.
         image_column: Column holding HxWxC uint8 images.
@@ -91,7 +95,18 @@ class DeepLakeDataModule(pl.LightningDataModule):
             (``None``) is the fast whole-batch pipeline configured by ``rotation`` and ``normalize``.
         eval_transform: Per-column, per-sample transforms for val/test/predict rows.
         rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
-        normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1].
+        normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1], each a
+            number or one per channel (``[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]``), or
+            ``imagenet`` for exactly those: the choice with ``model.pretrained`` on RGB images.
+        image_size: Crop and resize every image to ``N`` x ``N`` (or ``[H, W]``), so datasets
+            of photos in many sizes train in batches: a random-resized crop for training (scale
+            ``crop_scale`` of the area, aspect 3/4..4/3) and, for evaluation, the shorter side
+            resized to ``N / 0.875`` and the centre crop, as torchvision's ImageNet recipe.
+            Training crops are seeded by ``(seed, epoch, row)``, so resuming stays exact.
+            Unset (default): images are used as they are, and must share one size.
+        crop_scale: With ``image_size``: the range of the image's area a training crop covers.
+        channels: Image channels the model sees, 1 (grey) or 3 (RGB), converting images that
+            differ (RGB to grey as Pillow's ``convert("L")``); default: the dataset's own.
         flip: Whole-batch pipeline: mirror each training image left-right with probability 0.5.
         crop_padding: Whole-batch pipeline: pad each training image with this many zero pixels
             per side and crop it back at a random offset, as ``RandomCrop(28, padding)`` (0: off).
@@ -139,7 +154,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         train_transform: ColumnTransforms | None = None,
         eval_transform: ColumnTransforms | None = None,
         rotation: float = 20.0,
-        normalize: tuple[float, float] = (0.5, 0.5),
+        normalize: tuple[Stats, Stats] | Literal["imagenet"] = (0.5, 0.5),
+        image_size: int | tuple[int, int] | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        channels: Literal[1, 3] | None = None,
         flip: bool = False,
         crop_padding: int = 0,
         erasing: float = 0.0,
@@ -171,9 +189,17 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.image_column, self.label_column = image_column, label_column
         self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
+        self.normalize = IMAGENET_STATS if normalize == "imagenet" else tuple(normalize)
         self.batch_transform = BatchTransform(
-            rotation, *normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
+            rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
         )
+        if channels not in (None, 1, 3):
+            raise LakeError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
+        self.channels = channels
+        try:
+            self.crops = Crops.of(image_size, crop_scale, seed) if image_size is not None else None
+        except (ValueError, TypeError) as e:
+            raise LakeError(f"data.image_size / data.crop_scale: {e}.") from None
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version
@@ -182,6 +208,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.decode = decode
         self.skip_corrupt = skip_corrupt
         self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
+        if (image_size is not None or channels is not None) and (
+            train_transform is not None or eval_transform is not None
+        ):
+            raise LakeError(
+                "data.image_size and data.channels work on the whole-batch pipeline, which "
+                "data.train_transform / data.eval_transform replace; drop one or the other."
+            )
         if skip_corrupt and (train_transform is not None or eval_transform is not None):
             raise LakeError(
                 "data.skip_corrupt works on the whole-batch pipeline only; drop data.train_transform / "
@@ -278,6 +311,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     @property
     def num_channels(self) -> int:
+        """Image channels the model sees (linked to its input channels)."""
+        if self.channels is not None:
+            return self.channels
         return 1 if self._reference is None else self._reference.sample_shape[-1]
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -327,6 +363,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                     f"{self.urls[split]!r} has classes {info.class_names}, but the model is built for "
                     f"{self.class_names} (from {self.urls['train']!r}); use datasets with the same classes."
                 )
+            self._check_normalize()
             transforms = self.transforms["train" if split == "train" else "eval"]
             on_device = transforms is None and self._decode_on_device(split, info)
             self.datasets[split] = LakeDataset(
@@ -338,10 +375,24 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 if transforms is not None
                 else None,
                 self.block_size,
-                cache_blocks=max(1, self.shuffle_window // self.block_size) + 1,
+                # a shuffle window's blocks for training; evaluation reads in order
+                cache_blocks=max(1, self.shuffle_window // self.block_size) + 1 if split == "train" else 2,
                 skip_corrupt=self.skip_corrupt,
                 decode_on_device=on_device,
+                crops=self.crops,
+                channels=self.num_channels,
+                train=split == "train",
             )
+
+    def _check_normalize(self) -> None:
+        channels = self.num_channels
+        for name, stats in zip(("mean", "std"), self.normalize, strict=True):
+            if isinstance(stats, list | tuple) and len(stats) not in (1, channels):
+                allowed = "one number" if channels == 1 else f"one number or {channels}"
+                raise LakeError(
+                    f"data.normalize {name} has {len(stats)} values, but the images have {channels} "
+                    f"channel(s); give {allowed} (imagenet statistics are for RGB images)."
+                )
 
     @property
     def device(self) -> torch.device:
@@ -350,6 +401,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     def _decode_on_device(self, split: str, info: LakeInfo) -> bool:
         if info.codec is None or self.decode == "host":
+            return False
+        if self.crops is not None:  # photos of many sizes: decoded, cropped and resized per row
+            if self.decode == "device":
+                raise LakeError(
+                    "data.decode device decodes whole batches of one size, and data.image_size crops each "
+                    "image on the host; use data.decode host (or auto) with data.image_size."
+                )
             return False
         if self.decode == "device":
             if info.codec not in DEVICE_CODECS:
@@ -364,16 +422,35 @@ class DeepLakeDataModule(pl.LightningDataModule):
         """``num_workers``, or when unset: 0 for raw pixel blocks, else the cores each device has (<= 8)."""
         if self.num_workers is not None:
             return self.num_workers
-        if dataset.info.codec is None and dataset.sample_transform is None:
+        if dataset.info.codec is None and dataset.sample_transform is None and dataset.crops is None:
             return 0
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, min(8, available_cores() // max(1, devices)))
+
+    def _check_cache_memory(self, dataset: LakeDataset, workers: int) -> None:
+        """Warn when the training loader's block caches (a shuffle window of rows in each of its
+        processes) would take over a quarter of this machine's memory: photos are 100-1000x
+        Fashion-MNIST's rows, and the window is counted in rows."""
+        if not hasattr(os, "sysconf"):
+            return
+        rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.row_bytes()
+        processes = max(1, workers)
+        need = rows * row_bytes * processes
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > total / 4:
+            rank_zero_warn(
+                f"the training loader caches a shuffle window of {rows} rows (~{row_bytes / 1024:.0f} KB "
+                f"each) in each of its {processes} process(es): ~{need / 2**30:.1f} GiB of this machine's "
+                f"{total / 2**30:.0f} GiB. Lower --data.shuffle_window and --data.block_size (e.g. 2048 "
+                "and 128), or shrink the images at ingest (python -m fashion_lake.ingest image_folder "
+                "--image_size 256)."
+            )
 
     def _prefetch(self, dataset: LakeDataset) -> int:
         """Batches in flight per worker: up to 8 (small batches cross from a worker faster than the
         main process asks for them; 8 rather than torch's 2 measured +15% for jpeg 28x28), but
         no more than ~64 MB of decoded images per worker."""
-        batch_bytes = self.per_device_batch_size * math.prod(dataset.info.sample_shape)
+        batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
         return max(2, min(8, (64 << 20) // max(1, batch_bytes)))
 
     def _loader(self, split: str) -> DataLoader:
@@ -398,6 +475,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "--data.drop_last false."
             )
         workers = self._workers(dataset)
+        if train:
+            self._check_cache_memory(dataset, workers)
         loader = LakeLoader(
             dataset,
             batch_sampler=sampler,

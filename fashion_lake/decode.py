@@ -75,6 +75,7 @@ def host_decoder(codec: str, channels: int) -> Decoder:
 
         def fast(data: bytes) -> np.ndarray:
             return simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB")
+
     if fast is None:
         return fallback
 
@@ -98,6 +99,37 @@ def decode_host(encoded: Sequence[bytes], codec: str, channels: int) -> list[np.
         except (RuntimeError, ValueError):  # torchvision's errors for bytes that are not an image
             images.append(None)
     return images
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 ``(..., C)`` images as ``channels`` channels: grey repeated to RGB, RGB to grey as
+    Pillow's ``convert("L")`` (ITU-R 601-2 luma), alpha dropped."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1:
+        return np.repeat(images, channels, axis=-1)
+    if channels == 1:
+        rgb = images[..., :3].astype(np.uint32)
+        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16  # Pillow's
+        return luma.astype(np.uint8)[..., None]
+    if channels == 3:
+        return np.ascontiguousarray(images[..., :3])
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def image_channels(data: bytes) -> int:
+    """Channels an encoded image holds, from its header: 1 for grey (with or without alpha),
+    else 3 (palettes and CMYK are decoded to RGB), 4 for RGBA."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        mode = image.mode
+    if mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return 1
+    return 4 if mode == "RGBA" else 3
 
 
 def pack(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,9 @@
 Three sources: the four canonical Fashion-MNIST IDX ``.gz`` files (checksummed), a
 torchvision ``ImageFolder`` tree, and a Deep Lake 3 dataset (``convert``, through
 ``deeplake.convert``, keeping its columns). The first two get an ``images`` column (uint8
-HxWxC) and a ``labels`` ClassLabel column whose metadata holds ``class_names``.
+HxWxC, raw or png/jpeg-compressed) and a ``labels`` ClassLabel column whose metadata holds
+``class_names``. An image folder is streamed file by file through worker processes
+(``fashion_lake.folder``), and files already in the column's format keep their bytes.
 
 Atomic: a local destination is written beside itself and renamed into place only once
 committed; a remote one carries ``fashion_lake.ingest = "in_progress"`` until the final
@@ -17,21 +19,28 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
 import urllib.error
 import uuid
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from fashion_lake.errors import FashionLakeError
+from fashion_lake.folder import FORMATS, FolderError, Plan, encode_many, list_image_folder, probe_many
 from fashion_lake.lake import (
     INGEST_KEY,
     LakeError,
@@ -63,7 +72,14 @@ IDX_FILES = {
 # torchvision's own download locations; tests point this at a closed loopback port.
 FASHION_MNIST_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
 IMAGE_COMPRESSIONS = ("null", "png", "jpeg")
-APPEND_ROWS = 4096
+APPEND_ROWS = 4096  # rows per append at most
+APPEND_BYTES = 8 << 20  # and about this many bytes of images
+COMMIT_BYTES = 32 << 20  # bytes of images appended between commits (see write_lake)
+PROBE_FILES = 1024  # files per worker task reading headers
+ENCODE_FILES = 64  # files per worker task encoding: well under a second of work
+TASKS_AHEAD = 2  # tasks per worker submitted ahead of the one awaited
+SKIPPED_FILES_LISTED = 100
+T = TypeVar("T")
 
 
 class IngestError(LakeError):
@@ -195,76 +211,50 @@ def download_fashion_mnist(raw_dir: str | Path) -> Path:
     return raw
 
 
-# ----------------------------------------------------------------------------- image folder
-def load_image_folder(
-    root: str | Path, mode: str = "L", image_size: int | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """Read a torchvision ImageFolder tree (one subfolder per class) into arrays."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise IngestError(f"image folder {str(root)!r} is not a directory.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise IngestError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
-    files = [
-        (path, label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).rglob("*"))
-        if path.suffix.lower() in IMG_EXTENSIONS
-    ]
-    if not files:
-        raise IngestError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}).")
-    arrays, shape = [], None
-    for path, _ in tqdm(files, desc=f"reading {root.name}", unit="img"):
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if image_size is not None:
-                    img = img.resize((image_size, image_size), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise IngestError(f"{path} is not a readable image ({e}).") from e
-        array = array[..., None] if array.ndim == 2 else array
-        if shape is None:
-            shape = array.shape
-        elif array.shape != shape:
-            raise IngestError(
-                f"{path} is {array.shape}, earlier images are {shape}; pass --image_size N "
-                "to resize every image to NxN."
-            )
-        arrays.append(array)
-    source = {"kind": "image-folder", "root": str(root), "rows": len(files), "mode": mode}
-    labels = np.array([label for _, label in files], dtype=np.uint32)
-    return np.stack(arrays), labels, classes, source
+def _slices(n: int) -> Iterator[slice]:
+    """IDX rows in appends of ``APPEND_ROWS``."""
+    for start in range(0, n, APPEND_ROWS):
+        yield slice(start, min(start + APPEND_ROWS, n))
 
 
 # ----------------------------------------------------------------------------- writing
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
+class Batch(NamedTuple):
+    """Rows to append, and how far they move the progress bar (their rows plus skipped files)."""
+
+    images: np.ndarray | list[bytes | np.ndarray]
+    labels: np.ndarray
+    progress: int
+
+
+def _nbytes(images: np.ndarray | list[bytes | np.ndarray]) -> int:
+    if isinstance(images, np.ndarray):
+        return images.nbytes
+    return sum(len(image) if isinstance(image, bytes) else image.nbytes for image in images)
 
 
 def write_lake(
     dest: str,
-    images: np.ndarray,
-    labels: np.ndarray,
+    batches: Iterable[Batch],
     class_names: list[str],
-    source: dict,
+    source: Callable[[], dict],
+    total: int,
     compression: str = "null",
     overwrite: bool = False,
     creds: dict[str, str] | None = None,
     token: str | None = None,
 ) -> str:
-    """Write ``images``/``labels`` to ``dest`` atomically and return the committed version."""
+    """Append ``batches`` to a new dataset at ``dest`` atomically and return the committed version.
+
+    ``batches`` may be a stream: nothing is held beyond the batch being appended, and a commit
+    every ``COMMIT_BYTES`` keeps memory flat (Deep Lake 4.7's commit takes anonymous memory of
+    about half the bytes appended since the previous commit, ~180 MB for 344 MB of jpegs; a
+    commit costs ~3 ms). ``source()`` is the provenance record, asked for once every batch is
+    written (a stream's counts are known only then); ``total`` is the progress bar's length.
+    """
     import deeplake
 
     if compression not in IMAGE_COMPRESSIONS:
         raise IngestError(f"compression must be one of {IMAGE_COMPRESSIONS}, not {compression!r}.")
-    if len(images) == 0:
-        raise IngestError("nothing to ingest: the source holds no images.")
     final = _clear_destination(dest, overwrite, creds, token)
     work_url = dest if final is None else _partial(final)
     try:
@@ -274,13 +264,23 @@ def write_lake(
         ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
         ds["labels"].metadata["class_names"] = list(class_names)
         ds.commit("fashion_lake: schema")
-        with tqdm(total=len(images), desc=f"writing {dest}", unit="img") as bar:
-            for part in _batches(len(images), APPEND_ROWS):
-                ds.append({"images": images[part], "labels": labels[part].astype(np.uint32)})
-                bar.update(part.stop - part.start)
-        ds.metadata["source"] = source
+        rows = uncommitted = 0
+        with tqdm(total=total, desc=f"writing {dest}", unit="img") as bar:
+            for batch in batches:
+                if len(batch.labels):
+                    ds.append({"images": batch.images, "labels": batch.labels.astype(np.uint32)})
+                    rows += len(batch.labels)
+                    uncommitted += _nbytes(batch.images)
+                    if uncommitted >= COMMIT_BYTES:
+                        ds.commit(f"fashion_lake: {rows} rows so far")
+                        uncommitted = 0
+                bar.update(batch.progress)
+        if rows == 0:
+            raise IngestError("nothing to ingest: the source holds no images.")
+        record = source()
+        ds.metadata["source"] = record
         ds.metadata[INGEST_KEY] = "complete"
-        ds.commit(f"fashion_lake: ingest {len(images)} rows from {source['kind']}")
+        ds.commit(f"fashion_lake: ingest {rows} rows from {record['kind']}")
         version = ds.version
         del ds
         if final is not None:
@@ -290,6 +290,16 @@ def write_lake(
             shutil.rmtree(work_url, ignore_errors=True)
         raise
     return version
+
+
+def _local_destination(dest: str, overwrite: bool) -> Path | None:
+    """``dest``'s path if it is local and may be written, else None (a remote URL)."""
+    if not is_local(dest):
+        return None
+    final = local_path(dest)
+    if final.exists() and not overwrite:
+        raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
+    return final
 
 
 def _clear_destination(
@@ -302,10 +312,8 @@ def _clear_destination(
     """
     import deeplake
 
-    if is_local(dest):
-        final = local_path(dest)
-        if final.exists() and not overwrite:
-            raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
+    final = _local_destination(dest, overwrite)
+    if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
         return final
     if deeplake.exists(dest, **storage_args(creds, token)):
@@ -325,6 +333,136 @@ def _replace(work_url: str, final: Path) -> None:
     if final.exists():  # overwrite: the old one goes only once the new one is whole
         shutil.rmtree(final)
     os.replace(work_url, final)
+
+
+# ----------------------------------------------------------------------------- image folder
+def _available_cores() -> int:
+    """CPU cores this process may run on (``data.available_cores``, which imports Lightning)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_image_size(image_size: int | Sequence[int] | None) -> int | tuple[int, int] | None:
+    def positive(n: object) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and n > 0
+
+    if image_size is None:
+        return None
+    if isinstance(image_size, int) and positive(image_size):
+        return image_size
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(map(positive, image_size)):
+        return image_size[0], image_size[1]
+    raise IngestError(
+        f"image_size must be a positive N (shorter side to N, keeping the aspect ratio) or [H, W] "
+        f"(exactly H x W), not {image_size!r}."
+    )
+
+
+def _size_record(size: int | tuple[int, int] | None) -> int | list[int] | str:
+    """image_size for the metadata, where Deep Lake 4.7 stores a nested None as {}."""
+    return "original" if size is None else list(size) if isinstance(size, tuple) else size
+
+
+def _choose(mode: str, compression: str, grey: bool, formats: Counter[str]) -> tuple[str, str]:
+    """The "auto" choices: "L" if every image is grey, and the format most files already have."""
+    if mode == "auto":
+        mode = "L" if grey else "RGB"
+    if compression == "auto":
+        compression = "jpeg" if formats["jpeg"] > formats["png"] else "png"
+    return mode, compression
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Spawned worker processes (no fork of a process running Deep Lake's and tqdm's threads),
+    or None to work in this process. Workers ignore Ctrl-C: the parent stops them, cleanly,
+    rather than each printing a traceback."""
+    if workers == 0:
+        yield None
+        return
+    spawn = multiprocessing.get_context("spawn")
+    ignore_ctrl_c = (signal.SIGINT, signal.SIG_IGN)
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=signal.signal, initargs=ignore_ctrl_c)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(
+    pool: ProcessPoolExecutor | None, workers: int, fn: Callable[..., T], tasks: Iterable[tuple]
+) -> Iterator[T]:
+    """``fn(*task)`` for each task, in order. In the pool at most ``TASKS_AHEAD`` tasks per worker
+    are submitted ahead of the one awaited, so memory does not grow with the number of tasks."""
+    if pool is None:
+        yield from (fn(*task) for task in tasks)
+        return
+    ahead: deque[Future[T]] = deque()
+    try:
+        for task in tasks:
+            ahead.append(pool.submit(fn, *task))
+            if len(ahead) >= TASKS_AHEAD * workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+    finally:
+        for future in ahead:
+            future.cancel()
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class _Tally:
+    """What happened to the files, for the dataset's ``source`` metadata."""
+
+    root: Path
+    skip_unreadable: bool
+    kept: int = 0
+    reencoded: int = 0
+    skipped: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+
+    def unreadable(self, error: str, path: str) -> None:
+        """Skip the file, or stop the ingest naming it."""
+        if not self.skip_unreadable:
+            raise IngestError(
+                f"{error}; remove it or pass --skip_unreadable true to skip it (skipped files are "
+                "counted in the dataset metadata)."
+            )
+        self.skipped += 1
+        if len(self.skipped_files) < SKIPPED_FILES_LISTED:
+            self.skipped_files.append(os.path.relpath(path, self.root))
+
+
+def _encoded_batches(
+    pool: ProcessPoolExecutor | None, workers: int, files: list[tuple[str, int]], plan: Plan, tally: _Tally
+) -> Iterator[Batch]:
+    """The files encoded by ``plan``, in order, as batches of at most ``APPEND_ROWS`` rows and
+    about ``APPEND_BYTES``."""
+    tasks = (([path for path, _ in chunk], plan) for chunk in _chunks(files, ENCODE_FILES))
+    results = _in_order(pool, workers, encode_many, tasks)
+    images: list[bytes | np.ndarray] = []
+    labels: list[int] = []
+    size = progress = 0
+    for chunk, encoded in zip(_chunks(files, ENCODE_FILES), results, strict=True):
+        for (path, label), result in zip(chunk, encoded, strict=True):
+            progress += 1
+            if result.error is not None:
+                tally.unreadable(result.error, path)
+                continue
+            images.append(result.data)
+            labels.append(label)
+            size += _nbytes(images[-1:])
+            tally.kept += result.kept
+            tally.reencoded += not result.kept
+            if len(images) >= APPEND_ROWS or size >= APPEND_BYTES:
+                yield Batch(images, np.array(labels, np.uint32), progress)
+                images, labels, size, progress = [], [], 0, 0
+    if progress:
+        yield Batch(images, np.array(labels, np.uint32), progress)
 
 
 def fashion_mnist(
@@ -358,36 +496,105 @@ def fashion_mnist(
     if download:
         download_fashion_mnist(raw_dir)
     images, labels, source = load_fashion_mnist(raw_dir, split)
+    batches = (Batch(images[part], labels[part], part.stop - part.start) for part in _slices(len(labels)))
     return write_lake(
-        dest, images, labels, FASHION_MNIST_CLASSES, source, compression, overwrite, creds, token
+        dest,
+        batches,
+        FASHION_MNIST_CLASSES,
+        lambda: source,
+        len(labels),
+        compression,
+        overwrite,
+        creds,
+        token,
     )
 
 
 def image_folder(
     root: str,
     dest: str,
-    mode: Literal["L", "RGB"] = "L",
-    image_size: int | None = None,
-    compression: Literal["null", "png", "jpeg"] = "null",
+    mode: Literal["auto", "L", "RGB"] = "auto",
+    image_size: int | tuple[int, int] | None = None,
+    compression: Literal["auto", "null", "png", "jpeg"] = "auto",
+    skip_unreadable: bool = False,
+    workers: int | None = None,
     overwrite: bool = False,
     creds: dict[str, str] | None = None,
     token: str | None = None,
 ) -> str:
-    """Ingest a torchvision ImageFolder tree: root/<class_name>/<image>.
+    """Ingest a torchvision ImageFolder tree, root/<class_name>/<image>, streaming it file by file.
+
+    Files already in the chosen format and mode (and upright, and not resized) are stored with
+    their bytes unchanged, after checking that they decode; the others are converted and
+    re-encoded in worker processes. Rows keep the folder's order; memory does not grow with the
+    number of files.
 
     Args:
         root: The folder whose subfolders are the classes (sorted names give class ids).
         dest: Deep Lake URL to create.
-        mode: PIL mode to convert every image to ("L" grayscale or "RGB").
-        image_size: Resize every image to image_size x image_size (needed if sizes differ).
-        compression: Image sample compression: "null" (raw), "png" or "jpeg" (lossy).
+        mode: PIL mode to store: "L" (grayscale), "RGB", or "auto": "L" if every image is grey.
+        image_size: Resize: N makes the shorter side N, keeping the aspect ratio (as torchvision's
+            Resize(N)); [H, W] makes every image exactly H x W. Default: keep each file's size.
+        compression: Image sample compression: "png" (lossless), "jpeg" (lossy, quality 95),
+            "null" (raw pixels), or "auto": jpeg or png, whichever most files already are (png on
+            a tie), so that those keep their bytes.
+        skip_unreadable: Skip files that do not decode (counted and listed in the dataset's
+            metadata) rather than stop at the first.
+        workers: Processes that read and encode the files (default: the available cores; 0:
+            this process).
         overwrite: Replace an existing dataset at dest.
         creds: Storage credentials, secrets by reference (see ``fashion_mnist``).
         token: Activeloop token by reference.
     """
     check_secrets(creds, token, flag="--")
-    images, labels, classes, source = load_image_folder(root, mode, image_size)
-    return write_lake(dest, images, labels, classes, source, compression, overwrite, creds, token)
+    if mode not in ("auto", "L", "RGB"):
+        raise IngestError(f'mode must be "auto", "L" or "RGB", not {mode!r}.')
+    if compression not in ("auto", *IMAGE_COMPRESSIONS):
+        raise IngestError(f"compression must be auto or one of {IMAGE_COMPRESSIONS}, not {compression!r}.")
+    size = _check_image_size(image_size)
+    workers = _available_cores() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise IngestError(f"workers must be 0 (this process) or more, not {workers!r}.")
+    try:
+        files, classes = list_image_folder(root)
+    except FolderError as e:
+        raise IngestError(str(e)) from e
+    _local_destination(dest, overwrite)  # refuse before reading every file
+    tally = _Tally(Path(root).expanduser(), skip_unreadable)
+    workers = min(workers, -(-len(files) // ENCODE_FILES))  # no idle processes for a small folder
+    with _worker_pool(workers) as pool:
+        tasks = (([path for path, _ in chunk],) for chunk in _chunks(files, PROBE_FILES))
+        probed = _in_order(pool, workers, probe_many, tasks)
+        grey, formats = True, Counter[str]()  # what "auto" needs of the headers
+        unreadable: set[int] = set()
+        with tqdm(total=len(files), desc=f"probing {tally.root.name}", unit="img") as bar:
+            for start, results in zip(range(0, len(files), PROBE_FILES), probed, strict=True):
+                for at, header in enumerate(results, start):
+                    if isinstance(header, str):
+                        tally.unreadable(header, files[at][0])
+                        unreadable.add(at)
+                    else:
+                        grey &= header.grey
+                        formats[FORMATS.get(header.format, header.format)] += 1
+                bar.update(len(results))
+        if len(unreadable) == len(files):
+            raise IngestError(f"no file in {tally.root} is a readable image.")
+        if unreadable:  # else no second list of (path, label): ~200 bytes a file
+            files = [file for at, file in enumerate(files) if at not in unreadable]
+        mode, compression = _choose(mode, compression, grey, formats)
+        plan = Plan(mode, compression, size)
+
+        def source() -> dict:
+            rows = tally.kept + tally.reencoded
+            return {
+                "kind": "image-folder", "root": str(tally.root), "rows": rows, "mode": mode,
+                "compression": compression, "image_size": _size_record(size),
+                "kept": tally.kept, "reencoded": tally.reencoded, "skipped": tally.skipped,
+                "skipped_files": tally.skipped_files,
+            }  # fmt: skip
+
+        batches = _encoded_batches(pool, workers, files, plan, tally)
+        return write_lake(dest, batches, classes, source, len(files), compression, overwrite, creds, token)
 
 
 def convert(

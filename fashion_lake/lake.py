@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fashion_lake.decode import image_codec
 from fashion_lake.errors import FashionLakeError
 
 INGEST_KEY = "fashion_lake.ingest"
@@ -235,8 +234,14 @@ def inspect_lake(
         first = first[..., None]
     if first.ndim != 4:
         raise LakeError(f"column {image_column!r} of {url!r} does not hold HxWxC images ({first.shape[1:]}).")
+    from fashion_lake.decode import image_channels, image_codec  # torch: not for ingest's workers
+
     version = getattr(base if base is not None else ds, "version", None)
-    return LakeInfo(rows, class_names, tuple(first.shape[1:]), version, image_codec(ds, image_column))
+    codec, shape = image_codec(ds, image_column), tuple(first.shape[1:])
+    if codec is not None:  # Deep Lake decodes grey jpeg as RGB: the bytes say what the image holds
+        with suppress(Exception):  # undecodable here: the reader names the row later
+            shape = (*shape[:2], image_channels(ds[image_column].get_bytes(0)))
+    return LakeInfo(rows, class_names, shape, version, codec)
 
 
 @dataclass(frozen=True)

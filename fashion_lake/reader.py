@@ -9,6 +9,10 @@ Deep Lake's async reads. What a block holds depends on how the image column is s
   are decoded (``decode.py``), on the host in the worker that serves the batch or, for jpeg
   on a CUDA device, as one batch on the device.
 
+With ``crops`` (``data.image_size``) rows may differ in size: blocks hold one array (or one
+encoded image) per row, and each row of a batch is decoded, cropped and resized to the one
+output size (``crops.py``) in the worker that serves the batch.
+
 With a per-sample transform every row goes through ``ds.pytorch(transform)`` instead, as in
 the Deep Lake tutorial.
 """
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from fashion_lake.decode import decode_host, decode_on_device, pack, unpack
+from fashion_lake.crops import Crops
+from fashion_lake.decode import decode_host, decode_on_device, pack, to_channels, unpack
 from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
@@ -126,12 +131,17 @@ class LakeDataset(Dataset):
         cache_blocks: int = 16,
         skip_corrupt: bool = False,
         decode_on_device: bool = False,
+        crops: Crops | None = None,
+        channels: int | None = None,
+        train: bool = False,
     ) -> None:
         self.source, self.info = source, info
         self.image_column, self.label_column = image_column, label_column
         self.sample_transform = sample_transform
         self.block_size, self.cache_blocks = block_size, max(1, cache_blocks)
         self.skip_corrupt, self.decode_on_device = skip_corrupt, decode_on_device
+        self.crops, self.train = crops, train
+        self._channels = channels
         self._ds: Any = None
         self._rows: Any = None
         self._pid: int | None = None
@@ -152,17 +162,35 @@ class LakeDataset(Dataset):
 
     @property
     def channels(self) -> int:
-        return self.info.sample_shape[-1]
+        """Channels of the images served: ``data.channels``, else the dataset's own."""
+        return self._channels or self.info.sample_shape[-1]
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images served."""
+        height, width = self.crops.size if self.crops is not None else self.info.sample_shape[:2]
+        return height, width, self.channels
 
     def __len__(self) -> int:
         return self.info.rows
+
+    def row_bytes(self, sample: int = 256) -> float:
+        """Bytes one cached row takes: its encoded size (mean of the first rows), else its pixels."""
+        if self.info.codec is None:
+            return float(np.prod(self.info.sample_shape))
+        n = min(self.info.rows, sample)
+        with storage_errors(f"reading rows 0..{n - 1} of {self.source.url!r}"):
+            return sum(len(data) for data in self.ds[self.image_column].get_bytes(slice(0, n))) / n
 
     def __getitem__(self, index: int) -> dict:
         self.ds  # noqa: B018 - opens the handle in this process
         with storage_errors(f"reading row {self._row_id(int(index))} of {self.source.url!r}"):
             row = self._rows[int(index)]
         if self.sample_transform is None:
-            images = torch.from_numpy(_hwc(np.asarray(row[self.image_column]))).permute(2, 0, 1)
+            image = to_channels(_hwc(np.asarray(row[self.image_column])), self.channels)
+            if self.crops is not None:
+                image = self.crops.pixels(image, self.channels, self.train, 0, self._row_id(int(index)))
+            images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         else:  # a per-column transform returns the columns under their own names
             images = row[self.image_column]
         labels = int(_class_ids(np.asarray(row[self.label_column])[None], self.label_column)[0])
@@ -176,6 +204,10 @@ class LakeDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         images, labels = self._cache.gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
+        if self.crops is not None:
+            epoch = getattr(indices, "epoch", 0)  # a RowBatch from the sampler carries its epoch
+            cropped = self._stack(self._cropped(images, rows, epoch), labels, idx)
+            return self._batch(_chw(cropped), labels, rows)
         if self.info.codec is not None:
             if self.decode_on_device:
                 flat, lengths = pack(images)
@@ -200,6 +232,19 @@ class LakeDataset(Dataset):
             encoded = [part.numpy().tobytes() for part in unpack(flat, lengths)]
             images = self._stack(decode_host(encoded, self.info.codec, self.channels), labels, view.numpy())
             return self._batch(_chw(images), labels, rows).tensors()
+
+    def _cropped(self, images: np.ndarray, rows: np.ndarray, epoch: int) -> list[np.ndarray | None]:
+        """Each row decoded (or taken as it is), cropped and resized to the output size."""
+        crops, codec, channels, train = self.crops, self.info.codec, self.channels, self.train
+        if codec is not None:
+            return [
+                crops.decode(data, codec, channels, train, epoch, int(row))
+                for data, row in zip(images, rows, strict=True)
+            ]
+        return [
+            crops.pixels(_hwc(image), channels, train, epoch, int(row))
+            for image, row in zip(images, rows, strict=True)
+        ]
 
     def _batch(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> HostBatch:
         batch = {"images": images, "labels": labels, "index": rows}
@@ -239,14 +284,13 @@ class LakeDataset(Dataset):
         blocks = []
         for (start, _), (images, labels) in zip(spans, results, strict=True):
             labels = _class_ids(np.asarray(labels), self.label_column)
-            if self.info.codec is not None:
-                encoded = np.empty(len(images), dtype=object)
-                encoded[:] = images
-                blocks.append((encoded, labels))
+            if self.info.codec is not None or self.crops is not None:  # one object per row
+                blocks.append((_objects(images), labels))
                 continue
             if not isinstance(images, np.ndarray) or images.dtype == object:
                 images = self._stack(list(images), labels, np.arange(start, start + len(images)))
-            blocks.append((_hwc(images, batched=True).transpose(0, 3, 1, 2), labels))  # copied into the cache
+            images = to_channels(_hwc(images, batched=True), self.channels)
+            blocks.append((images.transpose(0, 3, 1, 2), labels))  # copied into the cache
         return blocks
 
     def _stack(self, images: list, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
@@ -263,15 +307,16 @@ class LakeDataset(Dataset):
                 )
             shape = next((np.asarray(image).shape for image in images if image is not None), None)
             for i in bad:
-                images[i], labels[i] = np.zeros(shape or self.info.sample_shape, np.uint8), CORRUPT
+                images[i], labels[i] = np.zeros(shape or self.sample_shape, np.uint8), CORRUPT
         try:
             return np.stack(images)
         except ValueError:
             first, last = int(view_rows.min()), int(view_rows.max())
             raise LakeError(
                 f"rows {self._row_id(first)}..{self._row_id(last)} of {self.source.url!r} hold images of "
-                "differing shapes; re-ingest with one size (python -m fashion_lake.ingest image_folder "
-                "--image_size N)."
+                "differing sizes; set --data.image_size N (or [H, W]) to crop and resize every image to "
+                "one size, or re-ingest with one size (python -m fashion_lake.ingest image_folder "
+                "--image_size [H, W])."
             ) from None
 
     def _corrupt_near(self, view_rows: np.ndarray) -> list[int]:
@@ -280,15 +325,23 @@ class LakeDataset(Dataset):
             return sorted(self._row_id(int(r)) for r in view_rows)
         self.ds  # noqa: B018 - opens the handle (and cache) in this process
         blocks = np.unique(view_rows // self.block_size)
-        idx = np.concatenate([
-            np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks
-        ])
+        idx = np.concatenate(
+            [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks]
+        )
         encoded, _ = self._cache.gather(idx)
         images = decode_host(encoded, self.info.codec, self.channels)
         return [self._row_id(int(idx[i])) for i, image in enumerate(images) if image is None]
 
     def _row_id(self, view_row: int) -> int:
         return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])
+
+
+def _objects(items: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of ``items`` (arrays stay whole, not broadcast into a 4-d array)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
 
 
 def _class_ids(labels: np.ndarray, column: str) -> np.ndarray:

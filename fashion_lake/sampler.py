@@ -120,6 +120,21 @@ class BlockShuffleOrder(Sampler[int]):
         return self.n
 
 
+class RowBatch(list):
+    """One batch's row ids, and the epoch they belong to.
+
+    It travels with the ids into DataLoader workers (a list subclass pickles its attributes),
+    where per-row random crops are seeded by ``(seed, epoch, row)``: the same pixels whatever
+    the worker, batch size, world size or resume point.
+    """
+
+    epoch: int = 0
+
+    def __init__(self, rows: list[int], epoch: int = 0) -> None:
+        super().__init__(rows)
+        self.epoch = epoch
+
+
 class ShardedBatchSampler(BatchSampler):
     """Yields this rank's batches of row ids.
 
@@ -181,9 +196,10 @@ class ShardedBatchSampler(BatchSampler):
         rows, _ = self.offset()
         return train_batches(self.sampler.permutation()[rows:], self.batch_size, self.dist, self.drop_last)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[RowBatch]:
+        epoch = self.epoch
         for batch in self.batches():
-            yield batch.tolist()
+            yield RowBatch(batch.tolist(), epoch)
 
     def __len__(self) -> int:
         step = self.batch_size * self.dist.world_size

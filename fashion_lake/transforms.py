@@ -71,13 +71,14 @@ class BatchTransform:
     def __init__(
         self,
         degrees: float = 20.0,
-        mean: float = 0.5,
-        std: float = 0.5,
+        mean: float | Sequence[float] = 0.5,
+        std: float | Sequence[float] = 0.5,
         flip: bool = False,
         crop_padding: int = 0,
         erasing: float = 0.0,
     ) -> None:
-        if degrees < 0 or std <= 0:
+        mean_t, std_t = _per_channel(mean), _per_channel(std)
+        if degrees < 0 or not bool((std_t > 0).all()):
             raise ValueError(f"need degrees >= 0 and std > 0, got {degrees} and {std}")
         if crop_padding < 0:
             raise ValueError(
@@ -89,7 +90,7 @@ class BatchTransform:
                 f"erasing is the probability that an image gets a random rectangle erased; it must be in "
                 f"[0, 1] (0: off, 0.5 is usual), got {erasing}"
             )
-        self.degrees, self.mean, self.std = degrees, mean, std
+        self.degrees, self.mean, self.std = degrees, mean_t, std_t
         self.flip, self.crop_padding, self.erasing = flip, crop_padding, erasing
 
     def __call__(
@@ -103,10 +104,16 @@ class BatchTransform:
             x = hflip(x, generator)
         if augment and self.crop_padding:
             x = crop(x, self.crop_padding, generator)
-        x = x.sub_(self.mean).div_(self.std)
+        x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         if augment and self.erasing:
             x = erase(x, self.erasing, generator)
         return x
+
+
+def _per_channel(stats: float | Sequence[float]) -> torch.Tensor:
+    """A normalisation statistic as a ``(1, C, 1, 1)`` tensor (C = 1 for one number: all channels)."""
+    values = [float(stats)] if isinstance(stats, int | float) else [float(v) for v in stats]
+    return torch.tensor(values).view(1, -1, 1, 1)
 
 
 def _rand(n: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

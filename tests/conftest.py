@@ -10,10 +10,12 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fashion_lake.ingest import IDX_FILES, fashion_mnist, read_idx
 
@@ -169,3 +171,99 @@ def codec_lakes(real_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             write_plain_lake(url, images[:rows], labels_, codec, FASHION_MNIST_CLASSES)
             lakes.setdefault(codec, {})[split] = url
     return lakes
+
+
+# An ImageFolder tree of tiny photos: class -> (file, PIL mode, (width, height)), each class's
+# files in sorted order (ImageFolder's). Five sizes, a portrait one among them, and most of what
+# a real folder mixes: RGB jpegs (the majority), RGB, L, RGBA and palette pngs, a grey jpeg
+# among the colour ones, and a file in a nested folder.
+PHOTO_LAYOUT: dict[str, list[tuple[str, str, tuple[int, int]]]] = {
+    "bag": [("a.png", "L", (64, 48)), ("b.jpg", "RGB", (32, 24)), ("nested/c.jpg", "RGB", (40, 30))],
+    "coat": [("a.jpg", "RGB", (64, 48)), ("b.jpg", "RGB", (20, 15)), ("c.png", "RGBA", (32, 24)),
+             ("grey.jpg", "L", (24, 32))],
+    "shoe": [("a.jpg", "RGB", (48, 36)), ("b.png", "RGB", (40, 30)), ("c.png", "P", (20, 15)),
+             ("d.jpeg", "RGB", (24, 32))],
+}  # fmt: skip
+
+
+@dataclass
+class PhotoFolder:
+    """An ImageFolder tree written by ``add``: ``files`` in the order added, and their labels."""
+
+    root: Path
+    seed: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.classes.index(f.relative_to(self.root).parts[0]) for f in self.files]
+
+    def add(self, cls: str, name: str, mode: str, size: tuple[int, int], orientation: int = 1) -> Path:
+        """Write root/cls/name: smooth random content (photo-like, so that jpeg is close to its
+        source) plus a little noise (so that every file encodes differently), in PIL ``mode``
+        ("P" a colour palette, "P-grey" a grey one), with an EXIF ``orientation`` if not 1."""
+        width, height = size
+        coarse = self.rng.integers(0, 256, (height // 12 + 2, width // 12 + 2, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
+        pixels = np.clip(smooth + self.rng.integers(-2, 3, smooth.shape), 0, 255).astype(np.uint8)
+        img = Image.fromarray(pixels)
+        if mode == "P":
+            img = img.quantize(16)
+        elif mode == "P-grey":
+            img = img.convert("L").convert("RGB").quantize(16)
+        elif mode == "RGBA":
+            img.putalpha(Image.fromarray(self.rng.integers(0, 256, (height, width), dtype=np.uint8)))
+        else:
+            img = img.convert(mode)
+        path = self.root / cls / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options: dict = {"quality": 90} if path.suffix in (".jpg", ".jpeg") else {}
+        if orientation != 1:
+            options["exif"] = Image.Exif()
+            options["exif"][0x0112] = orientation  # the EXIF Orientation tag
+        img.save(path, **options)
+        self.files.append(path)
+        return path
+
+    def add_corrupt(self, cls: str, kind: str) -> Path:
+        """A file named as a jpeg that does not decode, not listed in ``files``: "truncated" (the
+        first half of this folder's largest jpeg: its header reads, its pixels do not) or
+        "text" (not an image at all)."""
+        if kind == "truncated":
+            largest = max((f for f in self.files if f.suffix == ".jpg"), key=lambda f: f.stat().st_size)
+            data = largest.read_bytes()[: largest.stat().st_size // 2]
+        elif kind == "text":
+            data = b"not an image\n"
+        else:
+            raise ValueError(f"kind must be 'truncated' or 'text', not {kind!r}")
+        path = self.root / cls / f"{kind}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+@pytest.fixture
+def make_photo_folder(tmp_path: Path) -> Callable[..., PhotoFolder]:
+    """A factory of ``PhotoFolder``s under tmp_path, from a layout like ``PHOTO_LAYOUT``."""
+
+    def make(layout: dict[str, list[tuple[str, str, tuple[int, int]]]], name: str = "photos") -> PhotoFolder:
+        folder = PhotoFolder(tmp_path / name)
+        for cls, files in layout.items():
+            for file, mode, size in files:
+                folder.add(cls, file, mode, size)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def photo_folder(make_photo_folder: Callable[..., PhotoFolder]) -> PhotoFolder:
+    """``PHOTO_LAYOUT`` under tmp_path/photos: 11 photos in 3 classes, 6 of them RGB jpegs."""
+    return make_photo_folder(PHOTO_LAYOUT)
