@@ -119,34 +119,40 @@ class Crops:
     def decode(
         self, data: bytes, codec: str, channels: int, train: bool, epoch: int, row: int
     ) -> np.ndarray | None:
-        """Encoded bytes straight to the cropped output; None where they do not decode."""
+        """Encoded bytes straight to the cropped output; None where they do not decode (only
+        decoding errors: a conversion or resize that fails raises as itself)."""
+        if codec in DEVICE_CODECS and HAS_SIMPLEJPEG:
+            scaled = self._decode_jpeg_scaled(data, channels, train, epoch, row)
+            if scaled is not None:
+                image, box = scaled
+                return self.resize(to_channels(image, channels), box)
         try:
-            if codec in DEVICE_CODECS and HAS_SIMPLEJPEG:
-                return self._decode_jpeg_scaled(data, channels, train, epoch, row)
-            return self.pixels(host_decoder(codec, channels)(data), channels, train, epoch, row)
-        except (RuntimeError, ValueError, OSError):
+            image = host_decoder(codec, channels)(data)
+        except (RuntimeError, ValueError, OSError):  # bytes that are not an image
             return None
+        return self.pixels(image, channels, train, epoch, row)
 
     def _decode_jpeg_scaled(
         self, data: bytes, channels: int, train: bool, epoch: int, row: int
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, Box] | None:
+        """A jpeg decoded at a reduced DCT scale, and the crop's box at that scale; None where
+        simplejpeg cannot decode it (png bytes in a jpeg column, a mode it cannot convert, corrupt
+        bytes): the full decode then decides."""
         import simplejpeg
 
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError:  # not a jpeg after all (e.g. png bytes in a jpeg column): decode as it is
-            return self.pixels(host_decoder("jpeg", channels)(data), channels, train, epoch, row)
-        top, left, crop_h, crop_w = self.box(height, width, train, epoch, row)
-        out_h, out_w = self.size
-        # the smallest DCT scale at which the region still has GAP x the output's pixels
-        need_h, need_w = math.ceil(GAP * out_h * height / crop_h), math.ceil(GAP * out_w * width / crop_w)
-        colorspace = "GRAY" if channels == 1 else "RGB"
-        try:
+            top, left, crop_h, crop_w = self.box(height, width, train, epoch, row)
+            out_h, out_w = self.size
+            # the smallest DCT scale at which the region still has GAP x the output's pixels
+            need_h, need_w = math.ceil(GAP * out_h * height / crop_h), math.ceil(GAP * out_w * width / crop_w)
             image = simplejpeg.decode_jpeg(
-                data, colorspace=colorspace, min_height=min(need_h, height), min_width=min(need_w, width)
+                data,
+                colorspace="GRAY" if channels == 1 else "RGB",
+                min_height=min(need_h, height),
+                min_width=min(need_w, width),
             )
-        except ValueError:  # a mode simplejpeg cannot convert: the full decode decides
-            image = host_decoder("jpeg", channels)(data)
-        image = to_channels(image if image.ndim == 3 else image[..., None], channels)
+        except ValueError:
+            return None
         fy, fx = image.shape[0] / height, image.shape[1] / width
-        return self.resize(image, (top * fy, left * fx, crop_h * fy, crop_w * fx))
+        return image if image.ndim == 3 else image[..., None], (top * fy, left * fx, crop_h * fy, crop_w * fx)

@@ -106,7 +106,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             Unset (default): images are used as they are, and must share one size.
         crop_scale: With ``image_size``: the range of the image's area a training crop covers.
         channels: Image channels the model sees, 1 (grey) or 3 (RGB), converting images that
-            differ (RGB to grey as Pillow's ``convert("L")``); default: the dataset's own.
+            differ (RGB to grey as Pillow's ``convert("L")``); default: the dataset's own (png/jpeg:
+            colour if any of the first 256 rows is).
         flip: Whole-batch pipeline: mirror each training image left-right with probability 0.5.
         crop_padding: Whole-batch pipeline: pad each training image with this many zero pixels
             per side and crop it back at a random offset, as ``RandomCrop(28, padding)`` (0: off).
@@ -353,6 +354,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.__dict__.pop("_reference", None)
 
     def setup(self, stage: str) -> None:
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        if connector is not None and connector.use_distributed_sampler and connector.is_distributed:
+            raise LakeError(
+                "the Trainer would wrap the data module's loaders in a DistributedSampler, which loses "
+                "its shuffle, epoch and shards; pass use_distributed_sampler=False to the Trainer "
+                "(--trainer.use_distributed_sampler false; DeepLakeDataModule shards the data itself)."
+            )
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[
             stage
         ]

@@ -14,6 +14,7 @@ cannot convert to) and is the fallback where they are not installed.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable, Sequence
 
@@ -56,11 +57,21 @@ def _torchvision(channels: int) -> Decoder:
     def decode(data: bytes) -> np.ndarray:
         tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # writable: frombuffer warns otherwise
         image = op(tensor, mode.value, False) if op is not None else decode_image(tensor, mode=mode)
-        return image.permute(1, 2, 0).numpy()
+        return eight_bit(image.permute(1, 2, 0).numpy())
 
     return decode
 
 
+def eight_bit(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels: 16-bit ones (a 16-bit grey png decodes to uint16) keep their high byte."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    raise ValueError(f"cannot read {image.dtype} pixels as 8-bit images")
+
+
+@functools.cache
 def host_decoder(codec: str, channels: int) -> Decoder:
     """The fastest installed decoder of ``codec`` bytes to ``channels`` channels."""
     fallback = _torchvision(channels)
@@ -84,7 +95,7 @@ def host_decoder(codec: str, channels: int) -> Decoder:
             image = fast(data)
         except Exception:  # a mode it cannot convert to, or bytes it refuses: torchvision decides
             return fallback(data)
-        return image if image.ndim == 3 else image[..., None]
+        return eight_bit(image if image.ndim == 3 else image[..., None])
 
     return decode
 
@@ -105,6 +116,8 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """uint8 ``(..., C)`` images as ``channels`` channels: grey repeated to RGB, RGB to grey as
     Pillow's ``convert("L")`` (ITU-R 601-2 luma), alpha dropped."""
     have = images.shape[-1]
+    if have == 2:  # grey + alpha: the grey
+        images, have = images[..., :1], 1
     if have == channels:
         return images
     if have == 1:

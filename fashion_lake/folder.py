@@ -21,6 +21,7 @@ from fashion_lake.errors import FashionLakeError
 # torchvision.datasets.folder.IMG_EXTENSIONS, copied: importing torchvision costs a worker seconds.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # how Pillow opens 16-bit grey pngs
 FORMATS = {"JPEG": "jpeg", "PNG": "png"}  # PIL's format name -> our compression name
 ORIENTATION = 0x0112  # the EXIF tag that says how a camera photo is rotated
 JPEG_QUALITY = 95
@@ -41,7 +42,8 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FolderError(f"image folder {str(root)!r} is not a directory.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git, ...) are not classes
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise FolderError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
     files = [
@@ -52,6 +54,12 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
     ]
     if not files:
         raise FolderError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}).")
+    empty = sorted(set(classes) - {classes[label] for _, label in files})
+    if empty:  # a class the model would learn to never predict, and that shifts every class id after it
+        raise FolderError(
+            f"class folder(s) {', '.join(map(repr, empty))} in {root} hold no image files "
+            f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)."
+        )
     return files, classes
 
 
@@ -148,6 +156,9 @@ def encode(path: str, plan: Plan) -> Encoded:
                 img.load()
                 return Encoded(data, kept=True)
             out = ImageOps.exif_transpose(img)
+            if out.mode in SIXTEEN_BIT:  # Pillow's convert clips 16-bit values to 255: keep the high byte
+                pixels = np.asarray(out).astype(np.int64).clip(0, 65535) >> 8
+                out = Image.fromarray(pixels.astype(np.uint8), "L")
             if out.mode == "P" and "transparency" in out.info:
                 out = out.convert("RGBA")  # PIL warns converting palette transparency straight to L/RGB
             out = out.convert(plan.mode)

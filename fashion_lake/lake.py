@@ -173,6 +173,9 @@ def open_lake(
     return ds
 
 
+CHANNEL_SAMPLE = 256  # rows whose headers set a compressed lake's channels: colour if any is
+
+
 @dataclass(frozen=True)
 class LakeInfo:
     """What the model needs to know about a dataset, checked once up front."""
@@ -238,9 +241,10 @@ def inspect_lake(
 
     version = getattr(base if base is not None else ds, "version", None)
     codec, shape = image_codec(ds, image_column), tuple(first.shape[1:])
-    if codec is not None:  # Deep Lake decodes grey jpeg as RGB: the bytes say what the image holds
+    if codec is not None:  # Deep Lake may decode grey jpeg as RGB: the headers say what rows hold
         with suppress(Exception):  # undecodable here: the reader names the row later
-            shape = (*shape[:2], image_channels(ds[image_column].get_bytes(0)))
+            encoded = ds[image_column].get_bytes(slice(0, min(rows, CHANNEL_SAMPLE)))
+            shape = (*shape[:2], max(image_channels(data) for data in encoded))
     return LakeInfo(rows, class_names, shape, version, codec)
 
 

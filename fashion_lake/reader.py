@@ -188,8 +188,8 @@ class LakeDataset(Dataset):
             row = self._rows[int(index)]
         if self.sample_transform is None:
             image = to_channels(_hwc(np.asarray(row[self.image_column])), self.channels)
-            if self.crops is not None:
-                image = self.crops.pixels(image, self.channels, self.train, 0, self._row_id(int(index)))
+            if self.crops is not None:  # indexed one row at a time, outside an epoch: the evaluation crop
+                image = self.crops.pixels(image, self.channels, False, 0, self._row_id(int(index)))
             images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         else:  # a per-column transform returns the columns under their own names
             images = row[self.image_column]
@@ -329,8 +329,9 @@ class LakeDataset(Dataset):
             [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks]
         )
         encoded, _ = self._cache.gather(idx)
-        images = decode_host(encoded, self.info.codec, self.channels)
-        return [self._row_id(int(idx[i])) for i, image in enumerate(images) if image is None]
+        # one row at a time: a block of 12-megapixel photos decoded at once would take gigabytes
+        decode = lambda data: decode_host([data], self.info.codec, self.channels)[0]  # noqa: E731
+        return [self._row_id(int(r)) for r, data in zip(idx, encoded, strict=True) if decode(data) is None]
 
     def _row_id(self, view_row: int) -> int:
         return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])

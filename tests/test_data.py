@@ -417,3 +417,17 @@ def test_training_on_a_batch_of_only_corrupt_rows(make_corrupt_lake, tmp_path: P
     assert metrics["train_skipped_rows"] == 2 and metrics["val_skipped_rows"] == 2
     assert cli.trainer.global_step == 6
     assert all(torch.isfinite(t).all() for t in cli.model.state_dict().values())  # BatchNorm stats too
+
+
+def test_a_trainer_that_would_add_a_distributed_sampler_is_refused(tiny_lakes: dict[str, str]) -> None:
+    """Lightning would rebuild the loaders around a DistributedSampler: no shuffle, no epoch."""
+    import pytorch_lightning as pl
+
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8)
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(LakeError, match="--trainer.use_distributed_sampler false"):
+        dm.setup("fit")
+    dm.trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, use_distributed_sampler=False
+    )
+    dm.setup("fit")

@@ -287,6 +287,29 @@ def test_16_bit_png_is_reencoded(make_photo_folder: Callable[..., PhotoFolder], 
     np.testing.assert_array_equal(ds["images"][1], (deep >> 8).astype(np.uint8))
 
 
+def test_16_bit_grey_png_keeps_its_high_byte(
+    make_photo_folder: Callable[..., PhotoFolder], tmp_path: Path
+) -> None:
+    """Pillow opens it as "I;16" and its convert("L") clips every value above 255 to white."""
+    folder = make_photo_folder({"a": [("x.png", "L", (8, 4))]})
+    deep = (np.arange(32).reshape(4, 8) * 2000).astype(np.uint16)
+    Image.fromarray(deep).save(folder.root / "a" / "y.png")
+    ds = _ingest(folder, tmp_path / "lake")
+    assert ds.metadata["source"]["mode"] == "L"
+    np.testing.assert_array_equal(np.asarray(ds["images"][1])[..., 0], (deep >> 8).astype(np.uint8))
+
+
+def test_hidden_folders_are_not_classes_and_empty_ones_are_refused(
+    photo_folder: PhotoFolder, tmp_path: Path
+) -> None:
+    (photo_folder.root / ".ipynb_checkpoints").mkdir()
+    ds = _ingest(photo_folder, tmp_path / "lake")
+    assert ds["labels"].metadata["class_names"] == ["bag", "coat", "shoe"]
+    (photo_folder.root / "dress").mkdir()
+    with pytest.raises(IngestError, match=r"class folder\(s\) 'dress' in .* hold no image files"):
+        image_folder(root=str(photo_folder.root), dest=str(tmp_path / "other"), workers=0)
+
+
 def test_truncated_jpeg_is_found_by_decoding(photo_folder: PhotoFolder) -> None:
     """Its header reads, so only the check that kept bytes decode finds it; a text file fails
     at the header. Neither raises: the error names the file."""

@@ -243,3 +243,51 @@ def test_a_window_of_photos_too_big_for_memory_warns(
         UserWarning, match=r"caches a shuffle window of 17408 rows .* Lower --data.shuffle_window"
     ):
         module(photo_lakes["jpeg"], batch_size=4, image_size=8).train_dataloader()
+
+
+def test_corrupt_photo_is_named_or_skipped_with_crops(tmp_path: Path) -> None:
+    url = str(tmp_path / "corrupt")
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression="jpeg"))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = CLASSES[:2]
+    for row in range(10):
+        data = encode(photo(60 + row, 80, row), "JPEG")
+        ds.append({"images": [data[: len(data) // 2] if row == 3 else data], "labels": [row % 2]})
+    ds.commit()
+    with pytest.raises(LakeError, match=r"row 3 of .* holds corrupt image bytes"):
+        next(iter(module(url, batch_size=10, image_size=16).val_dataloader()))
+    batch = next(iter(module(url, batch_size=10, image_size=16, skip_corrupt=True).val_dataloader()))
+    assert batch["index"].tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9] and int(batch["skipped"]) == 1
+    assert batch["images"].shape == (9, 3, 16, 16)
+
+
+def test_channels_default_to_colour_if_any_sampled_row_is(tmp_path: Path) -> None:
+    """Row 0 grey, the rest colour: the model gets 3 channels, not row 0's 1."""
+    url = str(tmp_path / "mixed")
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression="png"))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = CLASSES[:2]
+    for row in range(4):
+        image = photo(40, 50, row, "L" if row == 0 else "RGB")
+        ds.append({"images": [encode(image, "PNG")], "labels": [row % 2]})
+    ds.commit()
+    dm = module(url, batch_size=4, image_size=8)
+    assert dm.num_channels == 3 and next(iter(dm.val_dataloader()))["images"].shape == (4, 3, 8, 8)
+
+
+def test_16_bit_grey_png_rows_read_as_8_bit(tmp_path: Path) -> None:
+    url = str(tmp_path / "deep")
+    deep = (np.arange(40 * 50).reshape(40, 50) * 30).astype(np.uint16)
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression="png"))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = CLASSES[:2]
+    buffer = io.BytesIO()
+    Image.fromarray(deep).save(buffer, "PNG")
+    ds.append({"images": [buffer.getvalue()] * 2, "labels": [0, 1]})
+    ds.commit()
+    batch = next(iter(module(url, batch_size=2).val_dataloader()))
+    assert batch["images"].dtype == torch.uint8
+    np.testing.assert_array_equal(batch["images"][0, 0].numpy(), (deep >> 8).astype(np.uint8))
