@@ -43,24 +43,28 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def plain_lake(url: str, codec: str, encoded: list[bytes], labels: list[int]) -> str:
+    """A lake as a user writes one with plain deeplake: encoded images and ClassLabel labels."""
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression=codec))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = CLASSES
+    ds.append({"images": encoded, "labels": labels})
+    ds.commit()
+    return url
+
+
 @pytest.fixture(scope="module")
 def photo_lakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """jpeg and png lakes of 15 photos in 5 sizes (row 4: a grey jpeg among RGB ones), written with
     plain deeplake from the encoded files: codec -> URL."""
     root = tmp_path_factory.mktemp("photos")
+    photos = [photo(*SIZES[row % len(SIZES)], row, "L" if row == 4 else "RGB") for row in range(15)]
+    labels = [row % 3 for row in range(15)]
     lakes = {}
     for codec in ("jpeg", "png"):
-        url = str(root / codec)
-        ds = deeplake.create(url)
-        ds.add_column("images", deeplake.types.Image(sample_compression=codec))
-        ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-        ds["labels"].metadata["class_names"] = CLASSES
-        for row in range(15):
-            height, width = SIZES[row % len(SIZES)]
-            image = photo(height, width, row, "L" if row == 4 else "RGB")
-            ds.append({"images": [encode(image, codec.upper())], "labels": [row % 3]})
-        ds.commit()
-        lakes[codec] = url
+        encoded = [encode(image, codec.upper()) for image in photos]
+        lakes[codec] = plain_lake(str(root / codec), codec, encoded, labels)
     return lakes
 
 
@@ -246,15 +250,9 @@ def test_a_window_of_photos_too_big_for_memory_warns(
 
 
 def test_corrupt_photo_is_named_or_skipped_with_crops(tmp_path: Path) -> None:
-    url = str(tmp_path / "corrupt")
-    ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(sample_compression="jpeg"))
-    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-    ds["labels"].metadata["class_names"] = CLASSES[:2]
-    for row in range(10):
-        data = encode(photo(60 + row, 80, row), "JPEG")
-        ds.append({"images": [data[: len(data) // 2] if row == 3 else data], "labels": [row % 2]})
-    ds.commit()
+    encoded = [encode(photo(60 + row, 80, row), "JPEG") for row in range(10)]
+    encoded[3] = encoded[3][: len(encoded[3]) // 2]
+    url = plain_lake(str(tmp_path / "corrupt"), "jpeg", encoded, [row % 2 for row in range(10)])
     with pytest.raises(LakeError, match=r"row 3 of .* holds corrupt image bytes"):
         next(iter(module(url, batch_size=10, image_size=16).val_dataloader()))
     batch = next(iter(module(url, batch_size=10, image_size=16, skip_corrupt=True).val_dataloader()))
@@ -264,30 +262,17 @@ def test_corrupt_photo_is_named_or_skipped_with_crops(tmp_path: Path) -> None:
 
 def test_channels_default_to_colour_if_any_sampled_row_is(tmp_path: Path) -> None:
     """Row 0 grey, the rest colour: the model gets 3 channels, not row 0's 1."""
-    url = str(tmp_path / "mixed")
-    ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(sample_compression="png"))
-    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-    ds["labels"].metadata["class_names"] = CLASSES[:2]
-    for row in range(4):
-        image = photo(40, 50, row, "L" if row == 0 else "RGB")
-        ds.append({"images": [encode(image, "PNG")], "labels": [row % 2]})
-    ds.commit()
+    encoded = [encode(photo(40, 50, row, "L" if row == 0 else "RGB"), "PNG") for row in range(4)]
+    url = plain_lake(str(tmp_path / "mixed"), "png", encoded, [row % 2 for row in range(4)])
     dm = module(url, batch_size=4, image_size=8)
     assert dm.num_channels == 3 and next(iter(dm.val_dataloader()))["images"].shape == (4, 3, 8, 8)
 
 
 def test_16_bit_grey_png_rows_read_as_8_bit(tmp_path: Path) -> None:
-    url = str(tmp_path / "deep")
     deep = (np.arange(40 * 50).reshape(40, 50) * 30).astype(np.uint16)
-    ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(sample_compression="png"))
-    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-    ds["labels"].metadata["class_names"] = CLASSES[:2]
     buffer = io.BytesIO()
     Image.fromarray(deep).save(buffer, "PNG")
-    ds.append({"images": [buffer.getvalue()] * 2, "labels": [0, 1]})
-    ds.commit()
+    url = plain_lake(str(tmp_path / "deep"), "png", [buffer.getvalue()] * 2, [0, 1])
     batch = next(iter(module(url, batch_size=2).val_dataloader()))
     assert batch["images"].dtype == torch.uint8
     np.testing.assert_array_equal(batch["images"][0, 0].numpy(), (deep >> 8).astype(np.uint8))
