@@ -441,7 +441,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         Fashion-MNIST's rows, and the window is counted in rows."""
         if not hasattr(os, "sysconf"):
             return
-        rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.row_bytes()
+        rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.info.row_bytes
         processes = max(1, workers)
         need = rows * row_bytes * processes
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -138,9 +138,11 @@ def image_channels(data: bytes) -> int:
 
     from PIL import Image
 
+    from fashion_lake.folder import GREY_MODES
+
     with Image.open(io.BytesIO(bytes(data))) as image:
         mode = image.mode
-    if mode in ("1", "L", "LA", "I", "I;16", "F"):
+    if mode in GREY_MODES:
         return 1
     return 4 if mode == "RGBA" else 3
 

@@ -173,7 +173,7 @@ def open_lake(
     return ds
 
 
-CHANNEL_SAMPLE = 256  # rows whose headers set a compressed lake's channels: colour if any is
+SAMPLE_ROWS = 256  # a compressed lake's first rows, whose headers set its channels (colour if any is)
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,7 @@ class LakeInfo:
     sample_shape: tuple[int, ...]  # H, W, C
     version: str | None
     codec: str | None = None  # the image column's compression when rows are decoded from bytes here
+    row_bytes: float = 0.0  # what a row takes in a block cache: encoded size (mean of SAMPLE_ROWS), or pixels
     row_ids: np.ndarray | None = field(default=None, repr=False, compare=False)  # view row -> dataset row
 
 
@@ -241,11 +242,14 @@ def inspect_lake(
 
     version = getattr(base if base is not None else ds, "version", None)
     codec, shape = image_codec(ds, image_column), tuple(first.shape[1:])
-    if codec is not None:  # Deep Lake may decode grey jpeg as RGB: the headers say what rows hold
-        with suppress(Exception):  # undecodable here: the reader names the row later
-            encoded = ds[image_column].get_bytes(slice(0, min(rows, CHANNEL_SAMPLE)))
+    row_bytes = float(np.prod(shape))
+    if codec is not None:
+        with suppress(Exception):  # unreadable or undecodable here: the reader names the row later
+            encoded = ds[image_column].get_bytes(slice(0, min(rows, SAMPLE_ROWS)))
+            row_bytes = sum(len(data) for data in encoded) / len(encoded)
+            # Deep Lake may decode grey jpeg as RGB: the headers say what rows hold
             shape = (*shape[:2], max(image_channels(data) for data in encoded))
-    return LakeInfo(rows, class_names, shape, version, codec)
+    return LakeInfo(rows, class_names, shape, version, codec, row_bytes)
 
 
 @dataclass(frozen=True)

@@ -174,21 +174,15 @@ class LakeDataset(Dataset):
     def __len__(self) -> int:
         return self.info.rows
 
-    def row_bytes(self, sample: int = 256) -> float:
-        """Bytes one cached row takes: its encoded size (mean of the first rows), else its pixels."""
-        if self.info.codec is None:
-            return float(np.prod(self.info.sample_shape))
-        n = min(self.info.rows, sample)
-        with storage_errors(f"reading rows 0..{n - 1} of {self.source.url!r}"):
-            return sum(len(data) for data in self.ds[self.image_column].get_bytes(slice(0, n))) / n
-
     def __getitem__(self, index: int) -> dict:
         self.ds  # noqa: B018 - opens the handle in this process
         with storage_errors(f"reading row {self._row_id(int(index))} of {self.source.url!r}"):
             row = self._rows[int(index)]
         if self.sample_transform is None:
-            image = to_channels(_hwc(np.asarray(row[self.image_column])), self.channels)
-            if self.crops is not None:  # indexed one row at a time, outside an epoch: the evaluation crop
+            image = _hwc(np.asarray(row[self.image_column]))
+            if self.crops is None:
+                image = to_channels(image, self.channels)
+            else:  # indexed one row at a time, outside an epoch: the evaluation crop
                 image = self.crops.pixels(image, self.channels, False, 0, self._row_id(int(index)))
             images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         else:  # a per-column transform returns the columns under their own names
