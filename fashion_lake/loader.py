@@ -18,8 +18,8 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from fashion_lake.handoff import HostBatch
 from fashion_lake.lake import LakeError
-from fashion_lake.reader import HostBatch
 from fashion_lake.sampler import ShardedBatchSampler
 
 
@@ -45,6 +45,14 @@ class LakeLoader(StatefulDataLoader):
         for batch in super().__iter__():
             self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
             yield batch.tensors() if isinstance(batch, HostBatch) else batch
+
+    def _get_iterator(self) -> Any:
+        # New workers fork here (from ``__iter__``, or ``state_dict`` before any): new slots first.
+        share = getattr(self.dataset, "share_slots", None)
+        if self.num_workers > 0 and share is not None:
+            slots = self.prefetch_factor + 2  # a worker's batches in flight, one being read, one spare
+            share(self.num_workers, slots, self.batch_sampler.batch_size, self.multiprocessing_context)
+        return super()._get_iterator()
 
     def _topology(self) -> dict[str, int]:
         sampler = self.batch_sampler

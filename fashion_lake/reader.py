@@ -19,6 +19,8 @@ the Deep Lake tutorial.
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,30 +32,12 @@ from torch.utils.data import Dataset, default_collate
 
 from fashion_lake.crops import Crops
 from fashion_lake.decode import decode_host, decode_on_device, pack, to_channels, unpack
+from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 Block = tuple[np.ndarray, np.ndarray]  # images (pixels, or encoded bytes as objects), labels
 ReadSpans = Callable[[list[tuple[int, int]]], list[Block]]
-
-
-class HostBatch:
-    """A batch as numpy arrays, made into tensors in the main process (``tensors``).
-
-    From a DataLoader worker it crosses pickled through the pipe, one copy; tensors would
-    cross as one shared-memory file each, which measured 1.3x (png) to 1.5x (jpeg) slower with
-    2 workers on 28x28 batches of 256. With ``pin_memory`` the loader's pin thread calls
-    ``pin_memory`` here, off the main thread.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {key: torch.from_numpy(np.asarray(value)) for key, value in self.arrays.items()}
-
-    def pin_memory(self, device: str | None = None) -> dict[str, torch.Tensor]:
-        return {key: value.pin_memory() for key, value in self.tensors().items()}
 
 
 class BlockCache:
@@ -146,10 +130,18 @@ class LakeDataset(Dataset):
         self._rows: Any = None
         self._pid: int | None = None
         self._cache: BlockCache | None = None
+        self.slots: BatchSlots | None = None  # where workers' batches cross (``share_slots``)
 
     def __getstate__(self) -> dict:
-        # Handles do not cross processes: each worker opens its own.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": None}
+        # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": None, "slots": None}
+
+    def share_slots(self, workers: int, slots: int, batch_size: int, context: Any = None) -> None:
+        """Before ``workers`` DataLoader workers fork: shared slots for the images of their batches
+        (``handoff.py``). Workers started otherwise (spawn, forkserver) send theirs pickled."""
+        method = (context or multiprocessing).get_start_method()
+        fast = method == "fork" and self.sample_transform is None
+        self.slots = BatchSlots(workers, slots, batch_size * math.prod(self.sample_shape)) if fast else None
 
     @property
     def ds(self) -> Any:
@@ -246,7 +238,7 @@ class LakeDataset(Dataset):
             keep = labels != CORRUPT
             batch = {key: value[keep] for key, value in batch.items()}
             batch["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
-        return HostBatch(batch)
+        return HostBatch(batch).ship(self.slots)
 
     def _read(self, spans: list[tuple[int, int]]) -> list[Block]:
         """Rows ``start:stop`` of each span, read concurrently: images (N, C, H, W) or encoded bytes

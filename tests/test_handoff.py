@@ -1,0 +1,96 @@
+"""Batches crossing from DataLoader workers in shared slots (handoff.py), not pickled through pipes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_lake import DeepLakeDataModule
+from fashion_lake.handoff import BatchSlots, HostBatch
+from fashion_lake.ingest import read_idx
+
+
+def _put_in_child(slots: BatchSlots, image: np.ndarray, conn) -> None:
+    conn.send(slots.put(0, image))
+
+
+def test_slots_cross_a_fork() -> None:
+    slots = BatchSlots(workers=1, slots=2, slot_bytes=4 * 28 * 28)
+    images = np.random.default_rng(0).integers(0, 255, (4, 1, 28, 28), dtype=np.uint8)
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_put_in_child, args=(slots, images, there))
+    child.start()
+    ref = here.recv()  # only the reference crossed the pipe
+    child.join()
+    assert len(pickle.dumps(ref)) < 500
+    got = ref.take()
+    np.testing.assert_array_equal(got.numpy(), images)
+    assert slots.put(0, 255 - images) is not None and slots.put(0, images) is not None  # both free again
+    np.testing.assert_array_equal(got.numpy(), images)  # a copy: the slot's next batch leaves it alone
+    with pytest.raises(RuntimeError, match="read twice"):
+        ref.take()
+
+
+def test_full_or_too_big_falls_back_and_a_dropped_batch_frees_its_slot() -> None:
+    slots = BatchSlots(workers=1, slots=2, slot_bytes=100)
+    image = np.arange(100, dtype=np.uint8)
+    first, second = slots.put(0, image), slots.put(0, image)
+    assert first is not None and second is not None
+    assert slots.put(0, image) is None  # no free slot: the batch crosses pickled
+    assert slots.put(0, np.zeros(101, np.uint8)) is None  # bigger than a slot
+    del first  # the sender's reference: never frees a slot itself
+    assert slots.put(0, image) is None
+    received = pickle.loads(pickle.dumps(second))
+    del received  # dropped unread where it arrived (an epoch stopped early): the slot is free
+    assert slots.put(0, image) is not None
+
+
+def _crossings(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How each batch's images reached the main process: ``SlotRef`` or a pickled ``ndarray``."""
+    seen: Counter = Counter()
+    tensors = HostBatch.tensors
+
+    def spy(self: HostBatch, pin: bool = False) -> dict:
+        seen[type(self.arrays["images"]).__name__] += 1
+        return tensors(self, pin)
+
+    monkeypatch.setattr(HostBatch, "tensors", spy)
+    return seen
+
+
+@pytest.mark.parametrize("codec", ["png", "raw"])
+def test_worker_batches_cross_in_slots_and_stopped_epochs_free_them(
+    codec: str, codec_lakes: dict, tiny_lakes: dict, real_raw_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = codec_lakes["png"]["train"] if codec == "png" else tiny_lakes["train"]
+    images = read_idx(real_raw_dir / "train-images-idx3-ubyte.gz")[:120]
+    seen = _crossings(monkeypatch)
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2, block_size=16,
+                            shuffle_window=48)  # fmt: skip
+    loader = dm.train_dataloader()
+    for epoch in range(8):  # each stopped after one batch, leaving the workers' prefetched ones unread
+        loader.batch_sampler.set_epoch(epoch)
+        next(iter(loader))
+    loader.batch_sampler.set_epoch(8)
+    batches = list(loader)
+    assert sum(len(b["index"]) for b in batches) == 120
+    for batch in batches:
+        np.testing.assert_array_equal(batch["images"][:, 0].numpy(), images[batch["index"].numpy()])
+    assert seen == Counter(SlotRef=8 + len(batches))  # had stopped epochs kept slots, they would run out
+
+
+def test_spawned_workers_get_no_slots(codec_lakes: dict) -> None:
+    url = codec_lakes["png"]["train"]
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2)
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    dataset.share_slots(2, 4, 8, multiprocessing.get_context("spawn"))
+    assert dataset.slots is None  # spawned workers would not share the mapping: batches cross pickled
+    dataset.share_slots(2, 4, 8, multiprocessing.get_context("fork"))
+    assert dataset.slots is not None and pickle.loads(pickle.dumps(dataset)).slots is None
