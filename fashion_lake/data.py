@@ -49,6 +49,7 @@ IMAGENET_STATS: tuple[list[float], list[float]] = ([0.485, 0.456, 0.406], [0.229
 STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
 }  # fmt: skip
+GROUP_ROWS, GROUP_BYTES = 1024, 4 << 20  # the most rows and decoded bytes one worker task serves
 
 
 def _passthrough(batch: dict) -> dict:
@@ -454,12 +455,21 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "--image_size 256)."
             )
 
-    def _prefetch(self, dataset: LakeDataset) -> int:
-        """Batches in flight per worker: up to 8 (small batches cross from a worker faster than the
-        main process asks for them; 8 rather than torch's 2 measured +15% for jpeg 28x28), but
-        no more than ~64 MB of decoded images per worker."""
-        batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
-        return max(2, min(8, (64 << 20) // max(1, batch_bytes)))
+    def _tasks(self, dataset: LakeDataset, workers: int) -> tuple[int, int | None]:
+        """(batches per worker task, tasks in flight per worker).
+
+        Small batches go to workers in groups of up to ~1,024 rows and 4 MB (``GroupedBatches``):
+        a task costs the loader a fixed ~0.4 ms, and grouping 28x28 batches of 256 by 4 measured
+        +15-25% on png/jpeg with 2 workers. Up to 8 batches are in flight per worker (8 rather than
+        torch's 2 measured +15% for jpeg 28x28), but no more than ~64 MB of decoded images.
+        """
+        if not workers:
+            return 1, None
+        batch_bytes = max(1, self.per_device_batch_size * math.prod(dataset.sample_shape))
+        group = 1
+        if dataset.sample_transform is None and not dataset.decode_on_device:
+            group = max(1, min(GROUP_ROWS // self.per_device_batch_size, GROUP_BYTES // batch_bytes))
+        return group, max(2, min(math.ceil(8 / group), (64 << 20) // (group * batch_bytes)))
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
@@ -483,6 +493,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "--data.drop_last false."
             )
         workers = self._workers(dataset)
+        group, prefetch = self._tasks(dataset, workers)
         if train:
             self._check_cache_memory(dataset, workers)
         loader = LakeLoader(
@@ -492,7 +503,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             collate_fn=_passthrough,
             pin_memory=self.device.type == "cuda",
             persistent_workers=split in ("train", "val") and workers > 0,
-            prefetch_factor=self._prefetch(dataset) if workers else None,
+            prefetch_factor=prefetch,
+            group=group,
         )
         if train:
             self._train_loader = loader

@@ -101,8 +101,8 @@ class HostBatch:
     and the images go from their slot straight into pinned memory.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray | SlotRef]) -> None:
-        self.arrays = arrays
+    def __init__(self, arrays: dict[str, np.ndarray | SlotRef], sizes: list[int] | None = None) -> None:
+        self.arrays, self.sizes = arrays, sizes  # sizes: the rows of each batch of a group
 
     def ship(self, slots: BatchSlots | None) -> HostBatch:
         """In a worker: the images moved into a slot of ``slots`` where one is free."""
@@ -124,5 +124,17 @@ class HostBatch:
                 out[key] = tensor.pin_memory() if pin else tensor
         return out
 
-    def pin_memory(self, device: str | None = None) -> dict[str, torch.Tensor]:
-        return self.tensors(pin=True)
+    def batches(self, pin: bool = False) -> list[dict[str, torch.Tensor]]:
+        """The batch, or the batches of a group, as tensors (those of a group share its memory)."""
+        whole = self.tensors(pin)
+        if self.sizes is None:
+            return [whole]
+        skipped = whole.pop("skipped", None)  # one count per batch
+        parts = {key: torch.split(value, self.sizes) for key, value in whole.items()}
+        out = [{key: value[i] for key, value in parts.items()} for i in range(len(self.sizes))]
+        for i, batch in enumerate(out if skipped is not None else []):
+            batch["skipped"] = skipped[i]
+        return out
+
+    def pin_memory(self, device: str | None = None) -> list[dict[str, torch.Tensor]]:
+        return self.batches(pin=True)

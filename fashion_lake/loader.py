@@ -20,7 +20,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fashion_lake.handoff import HostBatch
 from fashion_lake.lake import LakeError
-from fashion_lake.sampler import ShardedBatchSampler
+from fashion_lake.sampler import GroupedBatches, ShardedBatchSampler
 
 
 class LakeLoader(StatefulDataLoader):
@@ -28,7 +28,8 @@ class LakeLoader(StatefulDataLoader):
 
     batch_sampler: ShardedBatchSampler
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, group: int = 1, **kwargs: Any) -> None:
+        self.group = group  # batches per worker task (``GroupedBatches``), with worker processes only
         super().__init__(*args, **kwargs)
         self._consumed = 0  # batches of the current epoch handed out by this process
         self._loaded: dict[str, Any] | None = None  # a loaded state not yet iterated from
@@ -42,16 +43,27 @@ class LakeLoader(StatefulDataLoader):
             # That epoch ended short of its length (e.g. limit_train_batches): start afresh.
             self.next_iter_state, loaded = None, None
         self._consumed = loaded["batches"] if loaded else 0
-        for batch in super().__iter__():
-            self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
-            yield batch.tensors() if isinstance(batch, HostBatch) else batch
+        for item in super().__iter__():
+            for batch in _batches(item):
+                self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
+                yield batch
+
+    @property
+    def _index_sampler(self) -> Any:
+        # What torch hands the workers, a task at a time: batches, or groups of them.
+        batches = super()._index_sampler
+        return GroupedBatches(batches, self.group) if self.group > 1 and self.num_workers > 0 else batches
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # batches, as they are yielded, however they were grouped
 
     def _get_iterator(self) -> Any:
         # New workers fork here (from ``__iter__``, or ``state_dict`` before any): new slots first.
         share = getattr(self.dataset, "share_slots", None)
         if self.num_workers > 0 and share is not None:
-            slots = self.prefetch_factor + 2  # a worker's batches in flight, one being read, one spare
-            share(self.num_workers, slots, self.batch_sampler.batch_size, self.multiprocessing_context)
+            slots = self.prefetch_factor + 2  # a worker's tasks in flight, one being read, one spare
+            rows = self.batch_sampler.batch_size * self.group
+            share(self.num_workers, slots, rows, self.multiprocessing_context)
         return super()._get_iterator()
 
     def _topology(self) -> dict[str, int]:
@@ -96,9 +108,18 @@ class LakeLoader(StatefulDataLoader):
                 "block_size / shuffle_window / drop_last, or from a checkpoint saved at an epoch end."
             )
         sampler.set_epoch(state_dict["epoch"])
-        if state_dict["topology"] == self._topology() and state_dict["offset"] == [0, 0]:
+        exact = self.group == 1 or self.num_workers == 0  # torchdata counts tasks, not batches
+        if exact and state_dict["topology"] == self._topology() and state_dict["offset"] == [0, 0]:
             super().load_state_dict(state_dict["torchdata"])
         else:
             super().load_state_dict({})
             sampler.resume(state_dict["epoch"], state_dict["rows"], state_dict["batches"])
         self._loaded = state_dict
+
+
+def _batches(item: Any) -> list[Any]:
+    """The batches in what the DataLoader yields: a ``HostBatch`` (of one or a group of batches),
+    the list that the pin-memory thread made of one, or a batch already collated."""
+    if isinstance(item, HostBatch):
+        return item.batches()
+    return item if isinstance(item, list) else [item]

@@ -19,6 +19,7 @@ the Deep Lake tutorial.
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
@@ -34,6 +35,7 @@ from fashion_lake.crops import Crops
 from fashion_lake.decode import decode_host, decode_on_device, pack, to_channels, unpack
 from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
+from fashion_lake.sampler import RowGroup
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 Block = tuple[np.ndarray, np.ndarray]  # images (pixels, or encoded bytes as objects), labels
@@ -85,6 +87,9 @@ class BlockCache:
 
     def _resize(self, capacity: int, like: np.ndarray | None = None) -> None:
         like = self.images if like is None else like
+        if like is None:  # nothing stored yet: the first block allocates this many
+            self.capacity = capacity
+            return
         images = np.empty((capacity * self.block_size, *like.shape[1:]), dtype=like.dtype)
         labels = np.empty(capacity * self.block_size, dtype=np.int64)
         if self.images is not None:
@@ -183,24 +188,27 @@ class LakeDataset(Dataset):
         return {"images": images, "labels": labels, "index": self._row_id(int(index))}
 
     def __getitems__(self, indices: Sequence[int]) -> dict | HostBatch:
+        """One batch, or for a ``RowGroup`` (several batches, one worker task) all its rows at
+        once, to be split back into its batches in the main process (``HostBatch.batches``)."""
         if self.sample_transform is not None:
             rows = [self[i] for i in indices]
             return default_collate(rows) if rows else {}
         self.ds  # noqa: B018 - opens the handle (and cache) in this process
-        idx = np.asarray(indices, dtype=np.int64)
+        epoch = getattr(indices, "epoch", 0)  # a RowBatch (or RowGroup) from the sampler carries its epoch
+        sizes = [len(batch) for batch in indices] if isinstance(indices, RowGroup) else None
+        idx = np.asarray(list(itertools.chain.from_iterable(indices)) if sizes else indices, dtype=np.int64)
         images, labels = self._cache.gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         if self.crops is not None:
-            epoch = getattr(indices, "epoch", 0)  # a RowBatch from the sampler carries its epoch
             cropped = self._stack(self._cropped(images, rows, epoch), labels, idx)
-            return self._batch(_chw(cropped), labels, rows)
+            return self._batch(_chw(cropped), labels, rows, sizes)
         if self.info.codec is not None:
             if self.decode_on_device:
                 flat, lengths = pack(images)
                 encoded = {"encoded": flat, "lengths": lengths, "view": idx}
                 return HostBatch({**encoded, "labels": labels, "index": rows})
             images = _chw(self._stack(decode_host(images, self.info.codec, self.channels), labels, idx))
-        return self._batch(images, labels, rows)
+        return self._batch(images, labels, rows, sizes)
 
     def decode_batch(self, batch: dict, device: torch.device) -> dict:
         """An ``encoded`` batch (``decode_on_device``) with its images decoded on ``device``.
@@ -232,13 +240,21 @@ class LakeDataset(Dataset):
             for image, row in zip(images, rows, strict=True)
         ]
 
-    def _batch(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> HostBatch:
+    def _batch(
+        self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, sizes: list[int] | None = None
+    ) -> HostBatch:
+        """The rows as a ``HostBatch`` (of batches of ``sizes`` rows), corrupt rows dropped and counted."""
         batch = {"images": images, "labels": labels, "index": rows}
         if self.skip_corrupt:
             keep = labels != CORRUPT
             batch = {key: value[keep] for key, value in batch.items()}
-            batch["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
-        return HostBatch(batch).ship(self.slots)
+            if sizes is None:
+                batch["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
+            else:
+                kept = [int(part.sum()) for part in np.split(keep, np.cumsum(sizes)[:-1])]
+                batch["skipped"] = np.asarray(sizes, dtype=np.int64) - kept
+                sizes = kept
+        return HostBatch(batch, sizes).ship(self.slots)
 
     def _read(self, spans: list[tuple[int, int]]) -> list[Block]:
         """Rows ``start:stop`` of each span, read concurrently: images (N, C, H, W) or encoded bytes

@@ -19,8 +19,9 @@ broadcast, synced logging) never wait on a rank that has run out of data.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,35 @@ class RowBatch(list):
     def __init__(self, rows: list[int], epoch: int = 0) -> None:
         super().__init__(rows)
         self.epoch = epoch
+
+
+class RowGroup(list):
+    """Consecutive batches (``RowBatch``) that one DataLoader worker serves as one task.
+
+    Each task costs the loader a fixed ~0.4 ms (queues, bookkeeping, a process switch): as
+    much as decoding 70 jpeg rows of 28x28. A group of batches pays it once.
+    """
+
+    @property
+    def epoch(self) -> int:
+        return self[0].epoch if self else 0
+
+
+class GroupedBatches:
+    """``batches`` handed out ``group`` at a time, as ``RowGroup`` s; the last group may be short."""
+
+    def __init__(self, batches: Iterable[RowBatch], group: int) -> None:
+        if group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
+        self.batches, self.group = batches, group
+
+    def __iter__(self) -> Iterator[RowGroup]:
+        it = iter(self.batches)
+        while chunk := RowGroup(itertools.islice(it, self.group)):
+            yield chunk
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.group)  # type: ignore[arg-type]
 
 
 class ShardedBatchSampler(BatchSampler):

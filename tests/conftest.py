@@ -267,3 +267,21 @@ def make_photo_folder(tmp_path: Path) -> Callable[..., PhotoFolder]:
 def photo_folder(make_photo_folder: Callable[..., PhotoFolder]) -> PhotoFolder:
     """``PHOTO_LAYOUT`` under tmp_path/photos: 11 photos in 3 classes, 6 of them RGB jpegs."""
     return make_photo_folder(PHOTO_LAYOUT)
+
+
+@pytest.fixture
+def corrupt_jpeg_lake(codec_lakes: dict, tmp_path: Path) -> str:
+    """A copy of the jpeg test lake whose row 5 holds truncated bytes."""
+    import deeplake
+
+    source = deeplake.open_read_only(codec_lakes["jpeg"]["test"])
+    encoded = source["images"].get_bytes(slice(0, 12))
+    url = str(tmp_path / "corrupt-jpeg")
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(sample_compression="jpeg"))
+    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
+    ds["labels"].metadata["class_names"] = list(source["labels"].metadata["class_names"])
+    ds.append({"images": [b if i != 5 else b[:40] for i, b in enumerate(encoded)],
+               "labels": np.asarray(source["labels"][0:12]).astype(np.uint32)})  # fmt: skip
+    ds.commit()
+    return url

@@ -133,22 +133,6 @@ def test_fit_with_device_decode(codec_lakes: dict, cli_args: list[str], tmp_path
     assert 0.0 <= float(cli.trainer.callback_metrics["val_acc"]) <= 1.0
 
 
-@pytest.fixture
-def corrupt_jpeg_lake(codec_lakes: dict, tmp_path: Path) -> str:
-    """A copy of the jpeg test lake whose row 5 holds truncated bytes."""
-    source = deeplake.open_read_only(codec_lakes["jpeg"]["test"])
-    encoded = source["images"].get_bytes(slice(0, 12))
-    url = str(tmp_path / "corrupt-jpeg")
-    ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(sample_compression="jpeg"))
-    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-    ds["labels"].metadata["class_names"] = list(source["labels"].metadata["class_names"])
-    ds.append({"images": [b if i != 5 else b[:40] for i, b in enumerate(encoded)],
-               "labels": np.asarray(source["labels"][0:12]).astype(np.uint32)})  # fmt: skip
-    ds.commit()
-    return url
-
-
 @pytest.mark.parametrize("decode", ["host", "device"])
 def test_corrupt_jpeg_row_is_named_or_skipped(corrupt_jpeg_lake: str, decode: str) -> None:
     lakes = {"train": corrupt_jpeg_lake, "test": corrupt_jpeg_lake}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from fashion_lake import DeepLakeDataModule
+from fashion_lake import DeepLakeDataModule, data
 from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.ingest import read_idx
 
@@ -71,6 +72,7 @@ def test_worker_batches_cross_in_slots_and_stopped_epochs_free_them(
     url = codec_lakes["png"]["train"] if codec == "png" else tiny_lakes["train"]
     images = read_idx(real_raw_dir / "train-images-idx3-ubyte.gz")[:120]
     seen = _crossings(monkeypatch)
+    monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches: 8 per epoch, several left unread
     dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2, block_size=16,
                             shuffle_window=48)  # fmt: skip
     loader = dm.train_dataloader()
@@ -82,7 +84,8 @@ def test_worker_batches_cross_in_slots_and_stopped_epochs_free_them(
     assert sum(len(b["index"]) for b in batches) == 120
     for batch in batches:
         np.testing.assert_array_equal(batch["images"][:, 0].numpy(), images[batch["index"].numpy()])
-    assert seen == Counter(SlotRef=8 + len(batches))  # had stopped epochs kept slots, they would run out
+    assert len(batches) == 15 and loader.group == 2
+    assert seen == Counter(SlotRef=8 + 8)  # a task each, then 8; slots kept by stopped epochs would run out
 
 
 def test_spawned_workers_get_no_slots(codec_lakes: dict) -> None:
@@ -94,3 +97,54 @@ def test_spawned_workers_get_no_slots(codec_lakes: dict) -> None:
     assert dataset.slots is None  # spawned workers would not share the mapping: batches cross pickled
     dataset.share_slots(2, 4, 8, multiprocessing.get_context("fork"))
     assert dataset.slots is not None and pickle.loads(pickle.dumps(dataset)).slots is None
+
+
+def _batches(loader) -> list[dict]:
+    return [{key: value.clone() for key, value in batch.items()} for batch in loader]
+
+
+def _assert_same(got: list[dict], want: list[dict]) -> None:
+    assert [sorted(b) for b in got] == [sorted(b) for b in want]
+    for a, b in zip(got, want, strict=True):
+        for key in b:
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_grouped_tasks_yield_the_batches_of_single_ones(
+    split: str, corrupt_jpeg_lake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers serving 2 batches per task: the same batches, corrupt rows skipped and counted per batch."""
+
+    def loader(group_rows: int):
+        monkeypatch.setattr(data, "GROUP_ROWS", group_rows)
+        dm = DeepLakeDataModule(train_url=corrupt_jpeg_lake, val_url=corrupt_jpeg_lake, batch_size=3,
+                                num_workers=2, skip_corrupt=True, block_size=4, shuffle_window=8)  # fmt: skip
+        return dm.train_dataloader() if split == "train" else dm.val_dataloader()
+
+    single, grouped = loader(1), loader(6)
+    assert (single.group, grouped.group) == (1, 2) and len(single) == len(grouped) == 4
+    want, got = _batches(single), _batches(grouped)
+    _assert_same(got, want)
+    assert sum(int(b["skipped"]) for b in got) == 1 and sum(len(b["index"]) for b in got) == 11
+
+
+def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "GROUP_ROWS", 48)  # tasks of 3 batches of 16
+
+    def make() -> DeepLakeDataModule:
+        url = codec_lakes["png"]
+        return DeepLakeDataModule(train_url=url["train"], val_url=url["test"], batch_size=16, num_workers=2,
+                                  block_size=16, shuffle_window=48)  # fmt: skip
+
+    dm = make()
+    loader = dm.train_dataloader()
+    batches = iter(loader)
+    for _ in range(4):  # one task and a batch into the next
+        next(batches)
+    state = dm.state_dict()
+    rest = _batches(batches)
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert loader.group == 3 and len(rest) == len(loader) - 4 > 0
+    _assert_same(_batches(resumed.train_dataloader()), rest)

@@ -5,6 +5,7 @@ import pytest
 
 from fashion_lake.sampler import (
     DistContext,
+    GroupedBatches,
     block_shuffle,
     eval_batches,
     make_batch_sampler,
@@ -113,3 +114,14 @@ def test_global_batch_size_must_divide() -> None:
         per_device_batch(None, 64, 3)
     with pytest.raises(ValueError):
         DistContext(rank=2, world_size=2)
+
+
+def test_grouped_batches_hand_out_consecutive_batches() -> None:
+    sampler = make_batch_sampler(50, 4, DistContext(), shuffle=True, seed=3, block_size=8, window=16)
+    sampler.set_epoch(2)
+    groups = list(GroupedBatches(sampler, 3))
+    assert len(groups) == len(GroupedBatches(sampler, 3)) == 5  # 13 batches: 3+3+3+3+1
+    assert [list(b) for g in groups for b in g] == [list(b) for b in sampler]
+    assert [len(g) for g in groups] == [3, 3, 3, 3, 1] and {g.epoch for g in groups} == {2}
+    with pytest.raises(ValueError, match="group must be >= 1"):
+        GroupedBatches(sampler, 0)
