@@ -72,6 +72,7 @@ class LakeLoader(StatefulDataLoader):
             "world_size": sampler.dist.world_size,
             "batch_size": sampler.batch_size,
             "num_workers": self.num_workers,
+            "group": self.group if self.num_workers > 0 else 1,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,8 +109,10 @@ class LakeLoader(StatefulDataLoader):
                 "block_size / shuffle_window / drop_last, or from a checkpoint saved at an epoch end."
             )
         sampler.set_epoch(state_dict["epoch"])
-        exact = self.group == 1 or self.num_workers == 0  # torchdata counts tasks, not batches
-        if exact and state_dict["topology"] == self._topology() and state_dict["offset"] == [0, 0]:
+        # torchdata counts tasks: its state places a resume exactly only where a task is one batch
+        exact = self._topology()["group"] == 1
+        saved = {"group": 1, **state_dict["topology"]}  # checkpoints from before groups: one batch a task
+        if exact and saved == self._topology() and state_dict["offset"] == [0, 0]:
             super().load_state_dict(state_dict["torchdata"])
         else:
             super().load_state_dict({})
