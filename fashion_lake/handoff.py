@@ -32,9 +32,10 @@ class BatchSlots:
     """``slots`` slots of ``slot_bytes`` bytes for each of ``workers`` DataLoader workers."""
 
     def __init__(self, workers: int, slots: int, slot_bytes: int) -> None:
-        self.workers, self.slots, self.slot_bytes = workers, slots, slot_bytes
+        self.workers, self.slots = workers, slots
+        self.slot_bytes, self._head = _aligned(slot_bytes), _aligned(slots)  # slots start on cache lines
         # MAP_SHARED and anonymous: the same pages in this process and every worker forked from it
-        self._maps = [mmap.mmap(-1, slots + slots * slot_bytes) for _ in range(workers)]
+        self._maps = [mmap.mmap(-1, self._head + slots * self.slot_bytes) for _ in range(workers)]
         self._busy = [np.frombuffer(m, np.uint8, slots) for m in self._maps]  # 1: holds a batch not yet taken
         self.key = next(_KEYS)
         _LIVE[self.key] = self
@@ -65,8 +66,12 @@ class BatchSlots:
 
     def _view(self, worker: int, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         count = int(np.prod(shape))
-        offset = self.slots + slot * self.slot_bytes
+        offset = self._head + slot * self.slot_bytes
         return np.frombuffer(self._maps[worker], dtype, count, offset).reshape(shape)
+
+
+def _aligned(size: int, to: int = 64) -> int:
+    return max(to, -(-size // to) * to)
 
 
 class SlotRef:

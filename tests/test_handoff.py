@@ -39,12 +39,12 @@ def test_slots_cross_a_fork() -> None:
 
 
 def test_full_or_too_big_falls_back_and_a_dropped_batch_frees_its_slot() -> None:
-    slots = BatchSlots(workers=1, slots=2, slot_bytes=100)
-    image = np.arange(100, dtype=np.uint8)
+    slots = BatchSlots(workers=1, slots=2, slot_bytes=128)
+    assert slots.put(0, np.zeros(129, np.uint8)) is None  # bigger than a slot: the batch crosses pickled
+    image = np.arange(128, dtype=np.uint8)
     first, second = slots.put(0, image), slots.put(0, image)
     assert first is not None and second is not None
-    assert slots.put(0, image) is None  # no free slot: the batch crosses pickled
-    assert slots.put(0, np.zeros(101, np.uint8)) is None  # bigger than a slot
+    assert slots.put(0, image) is None  # no free slot: pickled too
     del first  # the sender's reference: never frees a slot itself
     assert slots.put(0, image) is None
     received = pickle.loads(pickle.dumps(second))
