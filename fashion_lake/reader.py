@@ -1,8 +1,9 @@
 """Reading a Deep Lake dataset as fast batches: ``LakeDataset`` and its ``BlockCache``.
 
 ``LakeDataset`` is the map-style dataset the loaders use. Its ``__getitems__`` serves a whole
-batch from a per-process cache of contiguous ``block_size``-row reads, issued together through
-Deep Lake's async reads. What a block holds depends on how the image column is stored:
+batch (or a ``RowGroup`` of batches, one worker task) from a per-process cache of contiguous
+``block_size``-row reads, issued together through Deep Lake's async reads; from a forked worker
+the images cross to the main process in shared slots (``handoff.py``). What a block holds depends on how the image column is stored:
 
 - raw (uncompressed) columns: the pixels, read as column slices (memory copies);
 - png/jpeg columns: the encoded bytes (``column.get_bytes``), and only the rows of each batch
