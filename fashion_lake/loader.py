@@ -2,10 +2,12 @@
 
 A checkpoint records where the training epoch stands as ``(epoch, global rows consumed)``
 beside torchdata's own state. Resuming with the same world size, per-device batch and worker
-count, from a run that itself started the epoch at row 0, hands torchdata its state back
-(exact, worker RNG included). Otherwise (2 processes -> 1, another worker count, or a second
-resume within an epoch that was already resumed that way) the loader restarts the same global
-epoch order after the rows already consumed, so no row is repeated or skipped (``sampler.py``).
+count, one batch per worker task, from a run that itself started the epoch at row 0, hands
+torchdata its state back (exact, worker RNG included). Otherwise (2 processes -> 1, another
+worker count, workers served groups of batches (``GroupedBatches``: torchdata counts tasks), or
+a second resume within an epoch that was already resumed that way) the loader restarts the same
+global epoch order after the rows already consumed, so no row is repeated or skipped
+(``sampler.py``); the fast path's pixels depend on no worker RNG, so its batches are the same.
 
 Only batches handed to the Trainer count as consumed: rows prefetched by workers but not yet
 trained on are read again after a resume.
@@ -64,7 +66,10 @@ class LakeLoader(StatefulDataLoader):
             slots = self.prefetch_factor + 2  # a worker's tasks in flight, one being read, one spare
             rows = self.batch_sampler.batch_size * self.group
             share(self.num_workers, slots, rows, self.multiprocessing_context)
-        return super()._get_iterator()
+        iterator = super()._get_iterator()
+        # its workers write into these slots for as long as it lives, whatever the dataset holds next
+        iterator.lake_slots = getattr(self.dataset, "slots", None)
+        return iterator
 
     def _topology(self) -> dict[str, int]:
         sampler = self.batch_sampler

@@ -3,7 +3,8 @@
 ``LakeDataset`` is the map-style dataset the loaders use. Its ``__getitems__`` serves a whole
 batch (or a ``RowGroup`` of batches, one worker task) from a per-process cache of contiguous
 ``block_size``-row reads, issued together through Deep Lake's async reads; from a forked worker
-the images cross to the main process in shared slots (``handoff.py``). What a block holds depends on how the image column is stored:
+the images cross to the main process in shared slots (``handoff.py``). What a block holds
+depends on how the image column is stored:
 
 - raw (uncompressed) columns: the pixels, read as column slices (memory copies);
 - png/jpeg columns: the encoded bytes (``column.get_bytes``), and only the rows of each batch
@@ -192,12 +193,20 @@ class LakeDataset(Dataset):
         """One batch, or for a ``RowGroup`` (several batches, one worker task) all its rows at
         once, to be split back into its batches in the main process (``HostBatch.batches``)."""
         if self.sample_transform is not None:
+            if isinstance(indices, RowGroup):
+                raise ValueError("a RowGroup of batches cannot go through a per-sample transform")
             rows = [self[i] for i in indices]
             return default_collate(rows) if rows else {}
+        if isinstance(indices, RowGroup) and self.decode_on_device:
+            raise ValueError("a RowGroup of batches cannot be served encoded (decode_on_device)")
         self.ds  # noqa: B018 - opens the handle (and cache) in this process
         epoch = getattr(indices, "epoch", 0)  # a RowBatch (or RowGroup) from the sampler carries its epoch
         sizes = [len(batch) for batch in indices] if isinstance(indices, RowGroup) else None
         idx = np.asarray(list(itertools.chain.from_iterable(indices)) if sizes else indices, dtype=np.int64)
+        if not len(idx):  # a rank's empty share of the last evaluation batch
+            height, width, channels = self.sample_shape
+            empty = np.empty((0, channels, height, width), np.uint8)
+            return self._batch(empty, np.empty(0, np.int64), np.empty(0, np.int64), sizes)
         images, labels = self._cache.gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         if self.crops is not None:

@@ -19,7 +19,6 @@ broadcast, synced logging) never wait on a rank that has run out of data.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -157,8 +156,14 @@ class GroupedBatches:
         self.batches, self.group = batches, group
 
     def __iter__(self) -> Iterator[RowGroup]:
-        it = iter(self.batches)
-        while chunk := RowGroup(itertools.islice(it, self.group)):
+        # One pass over ``batches``: Lightning's predict wrapper restarts at each ``iter()`` call.
+        chunk = RowGroup()
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.group:
+                yield chunk
+                chunk = RowGroup()
+        if chunk:
             yield chunk
 
     def __len__(self) -> int:

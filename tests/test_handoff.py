@@ -148,3 +148,57 @@ def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: p
     resumed.load_state_dict(state)
     assert loader.group == 3 and len(rest) == len(loader) - 4 > 0
     _assert_same(_batches(resumed.train_dataloader()), rest)
+
+
+def _png_module(codec_lakes: dict, monkeypatch: pytest.MonkeyPatch, **kwargs) -> DeepLakeDataModule:
+    monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches of 8
+    url = codec_lakes["png"]
+    return DeepLakeDataModule(train_url=url["train"], val_url=url["test"], batch_size=8, num_workers=2,
+                              block_size=16, shuffle_window=48, **kwargs)  # fmt: skip
+
+
+def test_predict_with_grouped_workers_reads_every_row_once(
+    codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning wraps the batch sampler for predict in one whose ``iter()`` restarts it."""
+    import pytorch_lightning as pl
+
+    from fashion_lake.model import FashionMnistModule
+
+    dm = _png_module(codec_lakes, monkeypatch)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         use_distributed_sampler=False, accelerator="cpu")  # fmt: skip
+    out = trainer.predict(FashionMnistModule(), datamodule=dm)
+    assert dm.predict_dataloader().group == 2
+    assert torch.cat([o["index"] for o in out]).tolist() == list(range(50))
+
+
+def test_loaders_over_one_dataset_keep_their_own_slots(
+    codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dm = _png_module(codec_lakes, monkeypatch)
+    test = dm.test_dataloader()  # not persistent: every iter() forks new workers with new slots
+    first = iter(test)
+    head = next(first)
+    second = iter(test)
+    assert [b["index"].tolist() for b in second] == [list(range(s, min(s + 8, 50))) for s in range(0, 50, 8)]
+    assert torch.cat([head["index"], *(b["index"] for b in first)]).tolist() == list(range(50))
+    old = dm.val_dataloader()
+    list(old)
+    list(dm.val_dataloader())  # a second loader over the same dataset, with its own workers
+    assert sum(len(b["index"]) for b in old) == 50  # the first one's workers still write where it reads
+
+
+def test_a_ranks_empty_share_of_the_last_eval_batch(
+    codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashion_lake.sampler import DistContext
+
+    rows = []
+    for rank in range(3):  # 50 rows in global batches of 24: the last 2 rows leave rank 2 nothing
+        dm = _png_module(codec_lakes, monkeypatch)
+        dm.dist = DistContext(rank, 3)
+        batches = list(dm.val_dataloader())
+        assert len(batches) == 3 and all(b["images"].shape[1:] == (1, 28, 28) for b in batches)
+        rows += torch.cat([b["index"] for b in batches]).tolist()
+    assert len(batches[-1]["index"]) == 0 and sorted(rows) == list(range(50))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,13 @@ def test_grouped_batches_hand_out_consecutive_batches() -> None:
     assert [len(g) for g in groups] == [3, 3, 3, 3, 1] and {g.epoch for g in groups} == {2}
     with pytest.raises(ValueError, match="group must be >= 1"):
         GroupedBatches(sampler, 0)
+
+
+def test_grouped_batches_iterate_their_batches_once() -> None:
+    """Lightning's predict wrapper returns itself from ``iter()`` and restarts: one pass only."""
+    from pytorch_lightning.overrides.distributed import _IndexBatchSamplerWrapper
+
+    sampler = make_batch_sampler(20, 4, DistContext(), shuffle=False)
+    groups = list(itertools.islice(GroupedBatches(_IndexBatchSamplerWrapper(sampler), 2), 10))  # bounded
+    batches = [list(b) for b in sampler]
+    assert [[list(b) for b in g] for g in groups] == [batches[i : i + 2] for i in (0, 2, 4)]
