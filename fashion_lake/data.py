@@ -437,23 +437,24 @@ class DeepLakeDataModule(pl.LightningDataModule):
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, min(8, available_cores() // max(1, devices)))
 
-    def _check_cache_memory(self, dataset: LakeDataset, workers: int) -> None:
+    def _check_cache_memory(self, dataset: LakeDataset, workers: int, slot_bytes: int) -> None:
         """Warn when the training loader's block caches (a shuffle window of rows in each of its
-        processes) would take over a quarter of this machine's memory: photos are 100-1000x
-        Fashion-MNIST's rows, and the window is counted in rows."""
+        processes) and its workers' batch slots (``slot_bytes`` in all) would take over a quarter
+        of this machine's memory: photos are 100-1000x Fashion-MNIST's rows, and the window is
+        counted in rows."""
         if not hasattr(os, "sysconf"):
             return
         rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.info.row_bytes
         processes = max(1, workers)
-        need = rows * row_bytes * processes
+        need = rows * row_bytes * processes + slot_bytes
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if need > total / 4:
             rank_zero_warn(
                 f"the training loader caches a shuffle window of {rows} rows (~{row_bytes / 1024:.0f} KB "
-                f"each) in each of its {processes} process(es): ~{need / 2**30:.1f} GiB of this machine's "
-                f"{total / 2**30:.0f} GiB. Lower --data.shuffle_window and --data.block_size (e.g. 2048 "
-                "and 128), or shrink the images at ingest (python -m fashion_lake.ingest image_folder "
-                "--image_size 256)."
+                f"each) in each of its {processes} process(es), plus the batches in flight: "
+                f"~{need / 2**30:.1f} GiB of this machine's {total / 2**30:.0f} GiB. Lower "
+                "--data.shuffle_window and --data.block_size (e.g. 2048 and 128), or shrink the images at "
+                "ingest (python -m fashion_lake.ingest image_folder --image_size 256)."
             )
 
     def _tasks(self, dataset: LakeDataset, workers: int) -> tuple[int, int | None]:
@@ -497,7 +498,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         workers = self._workers(dataset)
         group, prefetch = self._tasks(dataset, workers)
         if train:
-            self._check_cache_memory(dataset, workers)
+            batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
+            slot_bytes = workers * ((prefetch or 0) + 2) * group * batch_bytes if workers else 0
+            self._check_cache_memory(dataset, workers, slot_bytes)
         loader = LakeLoader(
             dataset,
             batch_sampler=sampler,
