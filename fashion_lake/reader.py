@@ -143,12 +143,13 @@ class LakeDataset(Dataset):
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
         return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": None, "slots": None}
 
-    def share_slots(self, workers: int, slots: int, batch_size: int, context: Any = None) -> None:
-        """Before ``workers`` DataLoader workers fork: shared slots for the images of their batches
-        (``handoff.py``). Workers started otherwise (spawn, forkserver) send theirs pickled."""
+    def share_slots(self, workers: int, slots: int, rows: int, context: Any = None) -> None:
+        """Before ``workers`` DataLoader workers fork: shared slots for the images of their tasks,
+        ``rows`` each (``handoff.py``). Workers started otherwise (spawn, forkserver) send theirs
+        pickled."""
         method = (context or multiprocessing).get_start_method()
         fast = method == "fork" and self.sample_transform is None
-        self.slots = BatchSlots(workers, slots, batch_size * math.prod(self.sample_shape)) if fast else None
+        self.slots = BatchSlots(workers, slots, rows * math.prod(self.sample_shape)) if fast else None
 
     @property
     def ds(self) -> Any:
