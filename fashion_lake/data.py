@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
+from fashion_lake.handoff import ring_slots
 from fashion_lake.lake import (
     V3_NOTICE,
     LakeError,
@@ -457,7 +458,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "ingest (python -m fashion_lake.ingest image_folder --image_size 256)."
             )
 
-    def _tasks(self, dataset: LakeDataset, workers: int) -> tuple[int, int | None]:
+    def _tasks(self, dataset: LakeDataset, workers: int, batch_bytes: int) -> tuple[int, int | None]:
         """(batches per worker task, tasks in flight per worker).
 
         Small batches go to workers in groups of up to 8 batches, 1,024 rows and 4 MB (``GroupedBatches``):
@@ -467,7 +468,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         """
         if not workers:
             return 1, None
-        batch_bytes = max(1, self.per_device_batch_size * math.prod(dataset.sample_shape))
+        batch_bytes = max(1, batch_bytes)
         group = 1
         if dataset.sample_transform is None and not dataset.decode_on_device:
             rows_fit, bytes_fit = GROUP_ROWS // self.per_device_batch_size, GROUP_BYTES // batch_bytes
@@ -496,10 +497,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "--data.drop_last false."
             )
         workers = self._workers(dataset)
-        group, prefetch = self._tasks(dataset, workers)
+        batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
+        group, prefetch = self._tasks(dataset, workers, batch_bytes)
         if train:
-            batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
-            slot_bytes = workers * ((prefetch or 0) + 2) * group * batch_bytes if workers else 0
+            slot_bytes = workers * ring_slots(prefetch) * group * batch_bytes if prefetch else 0
             self._check_cache_memory(dataset, workers, slot_bytes)
         loader = LakeLoader(
             dataset,

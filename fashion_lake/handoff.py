@@ -28,11 +28,16 @@ _LIVE: weakref.WeakValueDictionary[int, BatchSlots] = weakref.WeakValueDictionar
 _KEYS = itertools.count()
 
 
+def ring_slots(tasks_in_flight: int) -> int:
+    """Slots a worker's ring needs: its tasks in flight, one being read, one spare."""
+    return tasks_in_flight + 2
+
+
 class BatchSlots:
     """``slots`` slots of ``slot_bytes`` bytes for each of ``workers`` DataLoader workers."""
 
     def __init__(self, workers: int, slots: int, slot_bytes: int) -> None:
-        self.workers, self.slots = workers, slots
+        self.slots = slots
         self.slot_bytes, self._head = _aligned(slot_bytes), _aligned(slots)  # slots start on cache lines
         # MAP_SHARED and anonymous: the same pages in this process and every worker forked from it
         self._maps = [mmap.mmap(-1, self._head + slots * self.slot_bytes) for _ in range(workers)]

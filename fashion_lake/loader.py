@@ -20,7 +20,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fashion_lake.handoff import HostBatch
+from fashion_lake.handoff import HostBatch, ring_slots
 from fashion_lake.lake import LakeError
 from fashion_lake.sampler import GroupedBatches, ShardedBatchSampler
 
@@ -63,9 +63,8 @@ class LakeLoader(StatefulDataLoader):
         # New workers fork here (from ``__iter__``, or ``state_dict`` before any): new slots first.
         share = getattr(self.dataset, "share_slots", None)
         if self.num_workers > 0 and share is not None:
-            slots = self.prefetch_factor + 2  # a worker's tasks in flight, one being read, one spare
             rows = self.batch_sampler.batch_size * self.group
-            share(self.num_workers, slots, rows, self.multiprocessing_context)
+            share(self.num_workers, ring_slots(self.prefetch_factor), rows, self.multiprocessing_context)
         iterator = super()._get_iterator()
         # its workers write into these slots for as long as it lives, whatever the dataset holds next
         iterator.lake_slots = getattr(self.dataset, "slots", None)
