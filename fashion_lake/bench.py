@@ -5,7 +5,8 @@
 From the raw lake at ``--url`` (our ingest: uncompressed uint8) the benchmark writes png and
 jpeg copies of the same rows with plain ``deeplake`` (``types.Image(sample_compression=...)``
 and ``ClassLabel``, as a user would), then times, each for one warm-up and ``--epochs`` epochs
-(median samples/s of what each loader yields):
+(median samples/s of what each loader yields; memory is sampled in the warm-up and in one
+more epoch after the timed ones, never while timing):
 
 1. an in-memory ``TensorDataset`` (the baseline), 2. the naive ``ds.pytorch()`` loader,
 3. the data module on the raw lake, 4. the same plus the float conversion, normalisation and
@@ -120,30 +121,33 @@ def time_epochs(
 ) -> tuple[float, int, int]:
     """Median samples/s over ``epochs`` timed epochs after one warm-up, and peak PSS growth in
     bytes (main process and workers) during the warm-up epoch (opening the dataset, starting
-    workers, filling caches) and during the timed epochs (relative to the end of the warm-up).
+    workers, filling caches) and during one more epoch after the timed ones (relative to the
+    end of the warm-up: it includes whatever the timed epochs kept).
 
-    Memory is sampled every 0.25 s: reading PSS costs ~4 ms a process, which sampled every few
-    batches would slow the fastest loaders measurably.
+    Memory is sampled every 0.25 s, and never during the timed epochs: reading PSS costs ~4 ms
+    a process, which on 2 cores took ~5% from the loaders with workers (and nothing from the
+    decode-only bound, which is timed without it).
     """
     me = os.getpid()
     base = pss_bytes([me, *_children(me)])
     peaks, rates = [base, 0], []
     warm = base
-    for epoch in tqdm(range(epochs + 1), desc=name, unit="epoch", leave=False):
+    for epoch in tqdm(range(epochs + 2), desc=name, unit="epoch", leave=False):
+        timed = 0 < epoch <= epochs  # epoch 0 warms caches, workers and allocators; the last samples memory
         if set_epoch is not None:
             set_epoch(epoch)
         seen, start = 0, time.perf_counter()
         sampled = start
         for i, batch in enumerate(loader):
             seen += len(consume(batch))
-            if i == 0 or time.perf_counter() - sampled >= 0.25:
+            if not timed and (i == 0 or time.perf_counter() - sampled >= 0.25):
                 peaks[bool(epoch)] = max(peaks[bool(epoch)], pss_bytes([me, *_children(me)]))
                 sampled = time.perf_counter()
             if max_batches is not None and i + 1 >= max_batches:
                 break
-        if epoch:  # epoch 0 warms caches, workers and allocators
+        if timed:
             rates.append(seen / (time.perf_counter() - start))
-        else:
+        elif not epoch:
             warm = pss_bytes([me, *_children(me)])
     return statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0)
 
@@ -158,22 +162,22 @@ def _row_key(name: str) -> tuple[int, str]:
 _ENCODED: list[bytes] = []  # the decode bound's bytes, inherited by its forked processes
 
 
-def _decode_share(args: tuple[int, int, str, int]) -> int:
-    start, stop, codec, channels = args
+def _decode_share(args: tuple[int, int, str, tuple[int, int, int]]) -> int:
+    start, stop, codec, shape = args
     for at in range(start, stop, 256):
-        decode_all(_ENCODED[at : min(at + 256, stop)], codec, channels)
+        decode_all(_ENCODED[at : min(at + 256, stop)], codec, shape)
     return stop - start
 
 
 def decode_bound(
-    encoded: list[bytes], codec: str, channels: int, epochs: int, processes: int
+    encoded: list[bytes], codec: str, shape: tuple[int, int, int], epochs: int, processes: int
 ) -> tuple[float, int, int]:
-    """Samples/s decoding ``encoded`` (in memory) in batches of 256 on ``processes`` forked processes,
-    with the decoder the data module uses."""
+    """Samples/s decoding ``encoded`` (in memory, ``(H, W, C)`` images) in batches of 256 on
+    ``processes`` forked processes, with the decoder the data module uses."""
     global _ENCODED
     _ENCODED = encoded
     shares = np.linspace(0, len(encoded), processes + 1).astype(int)
-    work = [(int(a), int(b), codec, channels) for a, b in zip(shares[:-1], shares[1:], strict=True)]
+    work = [(int(a), int(b), codec, shape) for a, b in zip(shares[:-1], shares[1:], strict=True)]
     rates = []
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_decode_share, work)  # warm-up
@@ -430,7 +434,7 @@ def main(
             copy = open_lake(lake)  # held: Deep Lake's bytes live as long as their dataset
             encoded = list(copy["images"].get_bytes(slice(0, rows)))
             bound = f"{8 + n} decode-only bound {codec}"
-            results[bound] = decode_bound(encoded, codec, hwc.shape[-1], epochs, cores)
+            results[bound] = decode_bound(encoded, codec, hwc.shape[1:], epochs, cores)
             workers[bound] = cores
     png_workers = workers["6 DeepLakeDataModule png"]  # the raw lake with as many: memory comparable
     run_module(f"3w DeepLakeDataModule raw, {png_workers} workers", module(url, png_workers))
@@ -439,7 +443,7 @@ def main(
 
     print(f"\n{rows} rows from {url}, batch {batch_size}, median of {epochs} epochs after a warm-up")
     width = max(36, *(len(name) + 2 for name in results))
-    header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'timed epochs':>15}"
+    header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'epoch after':>15}"
     print(f"{'loader':<{width}}{header}")
     for name in sorted(results, key=_row_key):
         rate, first, steady = results[name]

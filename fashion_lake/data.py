@@ -51,7 +51,7 @@ STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
 }  # fmt: skip
 # the most rows, decoded bytes and batches one worker task serves
-GROUP_ROWS, GROUP_BYTES, GROUP_BATCHES = 1024, 4 << 20, 8
+GROUP_ROWS, GROUP_BYTES, GROUP_BATCHES = 2048, 4 << 20, 8
 
 
 def _passthrough(batch: dict) -> dict:
@@ -118,7 +118,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             set to 0 after normalising, as ``RandomErasing`` with its default sizes (0: off).
         block_size: Rows read in one contiguous request and cached together.
         shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
-            is closer to a uniform shuffle and holds more blocks in memory per worker.
+            is closer to a uniform shuffle and holds more blocks in memory (per worker for raw
+            lakes; shared by the workers for png/jpeg).
         train_query: Deep Lake TQL query selecting the training rows, e.g.
             ``SELECT * WHERE labels IN (0, 6)``; class ids and names keep their meaning.
         val_query: The same for validation, test and predict rows.
@@ -446,13 +447,19 @@ class DeepLakeDataModule(pl.LightningDataModule):
         if not hasattr(os, "sysconf"):
             return
         rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.info.row_bytes
-        processes = max(1, workers)
-        need = rows * row_bytes * processes + slot_bytes
+        if dataset.shares_blocks(workers):  # one cache for all workers (``blocks.py``)
+            where, cached = (
+                f"shared by its {workers} workers",
+                dataset.shared_blocks(workers) * dataset.block_size,
+            )
+        else:
+            where, cached = f"in each of its {max(1, workers)} process(es)", rows * max(1, workers)
+        need = cached * row_bytes + slot_bytes
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if need > total / 4:
             rank_zero_warn(
                 f"the training loader caches a shuffle window of {rows} rows (~{row_bytes / 1024:.0f} KB "
-                f"each) in each of its {processes} process(es), plus the batches in flight: "
+                f"each) {where}, plus the batches in flight: "
                 f"~{need / 2**30:.1f} GiB of this machine's {total / 2**30:.0f} GiB. Lower "
                 "--data.shuffle_window and --data.block_size (e.g. 2048 and 128), or shrink the images at "
                 "ingest (python -m fashion_lake.ingest image_folder --image_size 256)."
@@ -461,9 +468,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
     def _tasks(self, dataset: LakeDataset, workers: int, batch_bytes: int) -> tuple[int, int | None]:
         """(batches per worker task, tasks in flight per worker).
 
-        Small batches go to workers in groups of up to 8 batches, 1,024 rows and 4 MB (``GroupedBatches``):
-        a task costs the loader a fixed ~0.4 ms, and grouping 28x28 batches of 256 by 4 measured
-        +15-25% on png/jpeg with 2 workers. Up to 8 batches are in flight per worker (8 rather than
+        Small batches go to workers in groups of up to 8 batches, 2,048 rows and 4 MB (``GroupedBatches``):
+        a task costs the loader a fixed ~0.4 ms; grouping 28x28 batches of 256 by 4 measured
+        +15-25% on png/jpeg with 2 workers, and by 8 another +8% on jpeg (16: slower, the first
+        batch of an epoch waits for a whole task). Up to 8 batches are in flight per worker (8 rather than
         torch's 2 measured +15% for jpeg 28x28), but no more than ~64 MB of decoded images.
         """
         if not workers:

@@ -1,9 +1,11 @@
 """Reading a Deep Lake dataset as fast batches: ``LakeDataset`` and its ``BlockCache``.
 
 ``LakeDataset`` is the map-style dataset the loaders use. Its ``__getitems__`` serves a whole
-batch (or a ``RowGroup`` of batches, one worker task) from a per-process cache of contiguous
-``block_size``-row reads, issued together through Deep Lake's async reads; from a forked worker
-the images cross to the main process in shared slots (``handoff.py``). What a block holds
+batch (or a ``RowGroup`` of batches, one worker task) from a cache of contiguous
+``block_size``-row reads, issued together through Deep Lake's async reads: per process, or for
+an encoded column one cache that a loader's forked workers share (``blocks.py``), so that each
+block is read once, not once per worker. From a forked worker the images cross to the main
+process in shared slots (``handoff.py``). What a block holds
 depends on how the image column is stored:
 
 - raw (uncompressed) columns: the pixels, read as column slices (memory copies);
@@ -33,15 +35,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from fashion_lake.blocks import Block, ReadSpans, SharedBlocks
 from fashion_lake.crops import Crops
-from fashion_lake.decode import decode_host, decode_on_device, pack, to_channels, unpack
+from fashion_lake.decode import (
+    SizeMismatch,
+    decode_host,
+    decode_into,
+    decode_on_device,
+    pack,
+    to_channels,
+    unpack,
+)
 from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
 from fashion_lake.sampler import RowGroup
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
-Block = tuple[np.ndarray, np.ndarray]  # images (pixels, or encoded bytes as objects), labels
-ReadSpans = Callable[[list[tuple[int, int]]], list[Block]]
 
 
 class BlockCache:
@@ -138,18 +147,38 @@ class LakeDataset(Dataset):
         self._pid: int | None = None
         self._cache: BlockCache | None = None
         self.slots: BatchSlots | None = None  # where workers' batches cross (``share_slots``)
+        self.blocks: SharedBlocks | None = None  # the encoded blocks its workers share (``share_slots``)
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "_cache": None, "slots": None}
+        cleared = {"_ds": None, "_rows": None, "_pid": None, "_cache": None, "slots": None, "blocks": None}
+        return {**self.__dict__, **cleared}
 
     def share_slots(self, workers: int, slots: int, rows: int, context: Any = None) -> None:
         """Before ``workers`` DataLoader workers fork: shared slots for the images of their tasks,
-        ``rows`` each (``handoff.py``). Workers started otherwise (spawn, forkserver) send theirs
-        pickled."""
+        ``rows`` each (``handoff.py``), and for an encoded column one block cache for them all
+        (``blocks.py``). Workers started otherwise (spawn, forkserver) send their images pickled
+        and read blocks each for itself."""
         method = (context or multiprocessing).get_start_method()
         fast = method == "fork" and self.sample_transform is None
         self.slots = BatchSlots(workers, slots, rows * math.prod(self.sample_shape)) if fast else None
+        self.blocks = None
+        if fast and self.shares_blocks(workers):
+            # twice a block's mean size: room for blocks of larger images (untouched pages take no memory)
+            slot_bytes = int(2 * self.block_size * self.info.row_bytes) + (64 << 10)
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+            if self.shared_blocks(workers) * slot_bytes <= ram // 2:  # else each worker caches its own
+                self.blocks = SharedBlocks(self.shared_blocks(workers), self.block_size, slot_bytes, workers)
+
+    def shares_blocks(self, workers: int) -> bool:
+        """Whether ``workers`` forked workers share one block cache: for encoded columns only
+        (raw blocks are memory copies, cheaper than the sharing)."""
+        return workers > 1 and self.info.codec is not None and self.sample_transform is None
+
+    def shared_blocks(self, workers: int) -> int:
+        """Blocks a shared cache holds: twice a worker's own (a window and the next, as workers
+        straddle windows), plus one per worker."""
+        return 2 * self.cache_blocks + workers
 
     @property
     def ds(self) -> Any:
@@ -208,7 +237,7 @@ class LakeDataset(Dataset):
             height, width, channels = self.sample_shape
             empty = np.empty((0, channels, height, width), np.uint8)
             return self._batch(empty, np.empty(0, np.int64), np.empty(0, np.int64), sizes)
-        images, labels = self._cache.gather(idx)
+        images, labels = self._gather(idx)
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         if self.crops is not None:
             cropped = self._stack(self._cropped(images, rows, epoch), labels, idx)
@@ -218,8 +247,14 @@ class LakeDataset(Dataset):
                 flat, lengths = pack(images)
                 encoded = {"encoded": flat, "lengths": lengths, "view": idx}
                 return HostBatch({**encoded, "labels": labels, "index": rows})
-            images = _chw(self._stack(decode_host(images, self.info.codec, self.channels), labels, idx))
+            images = _chw(self._decode(images, labels, idx))
         return self._batch(images, labels, rows, sizes)
+
+    def _gather(self, idx: np.ndarray) -> Block:
+        """Rows ``idx`` from the workers' shared block cache in a worker, else this process's own."""
+        if self.blocks is not None and torch.utils.data.get_worker_info() is not None:
+            return self.blocks.gather(idx, self._read)
+        return self._cache.gather(idx)
 
     def decode_batch(self, batch: dict, device: torch.device) -> dict:
         """An ``encoded`` batch (``decode_on_device``) with its images decoded on ``device``.
@@ -235,7 +270,7 @@ class LakeDataset(Dataset):
         except RuntimeError:
             labels, rows = batch["labels"].numpy().copy(), batch["index"].numpy()
             encoded = [part.numpy().tobytes() for part in unpack(flat, lengths)]
-            images = self._stack(decode_host(encoded, self.info.codec, self.channels), labels, view.numpy())
+            images = self._decode(encoded, labels, view.numpy())
             return self._batch(_chw(images), labels, rows).tensors()
 
     def _cropped(self, images: np.ndarray, rows: np.ndarray, epoch: int) -> list[np.ndarray | None]:
@@ -306,31 +341,52 @@ class LakeDataset(Dataset):
             blocks.append((images.transpose(0, 3, 1, 2), labels))  # copied into the cache
         return blocks
 
+    def _decode(self, encoded: np.ndarray, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
+        """Encoded images decoded into one uint8 ``(N, H, W, C)`` array; ``labels`` is updated in place."""
+        out = np.empty((len(encoded), *self.sample_shape), np.uint8)
+        try:
+            bad = decode_into(encoded, self.info.codec, out)
+        except SizeMismatch:
+            raise self._differing_sizes(view_rows) from None
+        if bad:
+            self._corrupt(bad, labels, view_rows)
+            out[bad] = 0
+        return out
+
     def _stack(self, images: list, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
         """Decoded HWC images (``None`` where corrupt) as one uint8 array; ``labels`` is updated in place."""
         bad = [i for i, image in enumerate(images) if image is None]
         if bad:
-            rows = [self._row_id(int(view_rows[i])) for i in bad]
-            if not self.skip_corrupt:
-                raise LakeError(
-                    f"row {rows[0]} of {self.source.url!r} holds corrupt image bytes (corrupt rows "
-                    f"here: {self._corrupt_near(view_rows[bad])}). Re-ingest the dataset, or pass "
-                    "--data.skip_corrupt true to skip such rows (counted as train_skipped_rows / "
-                    "val_skipped_rows in the logs)."
-                )
+            self._corrupt(bad, labels, view_rows)
             shape = next((np.asarray(image).shape for image in images if image is not None), None)
             for i in bad:
-                images[i], labels[i] = np.zeros(shape or self.sample_shape, np.uint8), CORRUPT
+                images[i] = np.zeros(shape or self.sample_shape, np.uint8)
         try:
             return np.stack(images)
         except ValueError:
-            first, last = int(view_rows.min()), int(view_rows.max())
+            raise self._differing_sizes(view_rows) from None
+
+    def _corrupt(self, bad: list[int], labels: np.ndarray, view_rows: np.ndarray) -> None:
+        """Positions ``bad`` of a batch hold corrupt images: an error naming them, or with
+        ``skip_corrupt`` the label ``CORRUPT`` (``_batch`` drops and counts such rows)."""
+        if not self.skip_corrupt:
+            rows = [self._row_id(int(view_rows[i])) for i in bad]
             raise LakeError(
-                f"rows {self._row_id(first)}..{self._row_id(last)} of {self.source.url!r} hold images of "
-                "differing sizes; set --data.image_size N (or [H, W]) to crop and resize every image to "
-                "one size, or re-ingest with one size (python -m fashion_lake.ingest image_folder "
-                "--image_size [H, W])."
-            ) from None
+                f"row {rows[0]} of {self.source.url!r} holds corrupt image bytes (corrupt rows "
+                f"here: {self._corrupt_near(view_rows[bad])}). Re-ingest the dataset, or pass "
+                "--data.skip_corrupt true to skip such rows (counted as train_skipped_rows / "
+                "val_skipped_rows in the logs)."
+            )
+        labels[bad] = CORRUPT
+
+    def _differing_sizes(self, view_rows: np.ndarray) -> LakeError:
+        first, last = int(view_rows.min()), int(view_rows.max())
+        return LakeError(
+            f"rows {self._row_id(first)}..{self._row_id(last)} of {self.source.url!r} hold images of "
+            "differing sizes; set --data.image_size N (or [H, W]) to crop and resize every image to "
+            "one size, or re-ingest with one size (python -m fashion_lake.ingest image_folder "
+            "--image_size [H, W])."
+        )
 
     def _corrupt_near(self, view_rows: np.ndarray) -> list[int]:
         """Every corrupt row in the blocks holding ``view_rows``, for the error message."""
@@ -341,7 +397,7 @@ class LakeDataset(Dataset):
         idx = np.concatenate(
             [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks]
         )
-        encoded, _ = self._cache.gather(idx)
+        encoded, _ = self._gather(idx)
         # one row at a time: a block of 12-megapixel photos decoded at once would take gigabytes
         decode = lambda data: decode_host([data], self.info.codec, self.channels)[0]  # noqa: E731
         return [self._row_id(int(r)) for r, data in zip(idx, encoded, strict=True) if decode(data) is None]

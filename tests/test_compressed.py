@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 
 import deeplake
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fashion_lake import DeepLakeDataModule
 from fashion_lake.ingest import read_idx
@@ -164,11 +167,50 @@ def test_fast_decoders_equal_the_torchvision_fallback(
     encoded = [*lake["images"].get_bytes(slice(0, 50)), b"\x89PNG\r\n\x1a\n not an image", b""]
     assert decode.HAS_PYSPNG and decode.HAS_SIMPLEJPEG  # both are dependencies on this platform
     fast = decode.decode_host(encoded, codec, 1)
+    fast_into = np.empty((52, 28, 28, 1), np.uint8)
+    assert decode.decode_into(encoded, codec, fast_into) == [50, 51]
     for name in ("HAS_PYSPNG", "HAS_SIMPLEJPEG"):
         monkeypatch.setattr(decode, name, False)
+    caches = (decode.host_decoder, decode._row_decoder)  # the decoders chosen per (codec, channels)
+    monkeypatch.setattr(decode, "host_decoder", functools.cache(decode.host_decoder.__wrapped__))
+    monkeypatch.setattr(decode, "_row_decoder", functools.cache(decode._row_decoder.__wrapped__))
+    assert decode.host_decoder(codec, 1) is not caches[0](codec, 1)
     fallback = decode.decode_host(encoded, codec, 1)
+    fallback_into = np.empty((52, 28, 28, 1), np.uint8)
+    assert decode.decode_into(encoded, codec, fallback_into) == [50, 51]
     assert fast[-2:] == fallback[-2:] == [None, None]
     np.testing.assert_array_equal(np.stack(fast[:-2]), np.stack(fallback[:-2]))
+    np.testing.assert_array_equal(fast_into[:50], np.stack(fast[:-2]))
+    np.testing.assert_array_equal(fallback_into[:50], np.stack(fast[:-2]))
     assert np.stack(fast[:-2]).shape == (50, 28, 28, 1)
     rgb = decode.decode_host(encoded[:2], codec, 3)  # grey stored, RGB asked for: converted
     assert rgb[0].shape == (28, 28, 3) and (rgb[0] == rgb[0][..., :1]).all()
+
+
+def _encoded(image: np.ndarray, codec: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format=codec.upper())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_decode_into_fills_the_batch_and_refuses_other_sizes(codec: str, codec_lakes: dict) -> None:
+    """Decoding straight into one batch array: the pixels of a decode, corrupt positions
+    reported and left alone, and an image of another size (smaller or larger) refused."""
+    from fashion_lake import decode
+
+    lake = deeplake.open_read_only(codec_lakes[codec]["test"])
+    encoded = list(lake["images"].get_bytes(slice(0, 20)))
+    expected = np.stack(decode.decode_host(encoded, codec, 1))
+    out = np.full((22, 28, 28, 1), 7, np.uint8)
+    assert decode.decode_into([*encoded[:10], b"not an image", *encoded[10:], b""], codec, out) == [10, 21]
+    np.testing.assert_array_equal(np.delete(out, [10, 21], axis=0), expected)
+    assert (out[[10, 21]] == 7).all()
+    for size in (20, 40):
+        other = _encoded(np.full((size, size), 99, np.uint8), codec)
+        with pytest.raises(decode.SizeMismatch) as refused:
+            decode.decode_into([encoded[0], other], codec, np.empty((2, 28, 28, 1), np.uint8))
+        assert refused.value.position == 1 and refused.value.shape[:2] == (size, size)
+    rgb = np.empty((2, 28, 28, 3), np.uint8)
+    assert decode.decode_into(encoded[:2], codec, rgb) == []
+    np.testing.assert_array_equal(rgb, np.repeat(expected[:2], 3, axis=-1))
