@@ -94,16 +94,15 @@ class SharedBlocks:
             waiting: list[int] = []
             with self.lock:
                 self._clock[0] += 1
-                missing = [b for b in pending if not (self._ids == b).any()]
-                share = max(1, math.ceil(len(missing) / self.workers))
+                slot_of = {block: slot for slot, block in enumerate(self._ids.tolist()) if block >= 0}
+                share = max(1, math.ceil(sum(b not in slot_of for b in pending) / self.workers))
                 for block in pending:
-                    found = np.flatnonzero(self._ids == block)
-                    if len(found) and self._state[found[0]] == READY:
-                        slot = int(found[0])
-                        self._pins[slot] += 1
-                        self._used[slot] = self._clock[0]
-                        held[block] = slot
-                    elif len(found) or len(claimed) >= share:
+                    found = slot_of.get(block)
+                    if found is not None and self._state[found] == READY:
+                        self._pins[found] += 1
+                        self._used[found] = self._clock[0]
+                        held[block] = found
+                    elif found is not None or len(claimed) >= share:
                         waiting.append(block)  # being read elsewhere, or left for another worker
                     elif (slot := self._victim()) is None:
                         alone.append(block)
@@ -170,9 +169,7 @@ class SharedBlocks:
         free = np.flatnonzero((self._pins == 0) & (self._state != LOADING))
         if not len(free):
             return None
-        slot = int(free[np.argmin(self._used[free])])
-        self._ids[slot], self._state[slot] = -1, EMPTY
-        return slot
+        return int(free[np.argmin(self._used[free])])
 
     def _spans(self, blocks: list[int]) -> list[tuple[int, int]]:
         return [(b * self.block_size, (b + 1) * self.block_size) for b in blocks]

@@ -38,7 +38,7 @@ from fashion_lake.lake import (
     storage_errors,
 )
 from fashion_lake.loader import LakeLoader
-from fashion_lake.reader import LakeDataset
+from fashion_lake.reader import LakeDataset, total_memory
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
 from fashion_lake.transforms import BatchTransform, ColumnTransform
 
@@ -444,18 +444,15 @@ class DeepLakeDataModule(pl.LightningDataModule):
         processes) and its workers' batch slots (``slot_bytes`` in all) would take over a quarter
         of this machine's memory: photos are 100-1000x Fashion-MNIST's rows, and the window is
         counted in rows."""
-        if not hasattr(os, "sysconf"):
+        total = total_memory()
+        if not total:
             return
         rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.info.row_bytes
+        where, cached = f"in each of its {max(1, workers)} process(es)", rows * max(1, workers)
         if dataset.shares_blocks(workers):  # one cache for all workers (``blocks.py``)
-            where, cached = (
-                f"shared by its {workers} workers",
-                dataset.shared_blocks(workers) * dataset.block_size,
-            )
-        else:
-            where, cached = f"in each of its {max(1, workers)} process(es)", rows * max(1, workers)
+            where = f"shared by its {workers} workers"
+            cached = dataset.shared_blocks(workers) * dataset.block_size
         need = cached * row_bytes + slot_bytes
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if need > total / 4:
             rank_zero_warn(
                 f"the training loader caches a shuffle window of {rows} rows (~{row_bytes / 1024:.0f} KB "

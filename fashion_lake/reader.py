@@ -166,9 +166,9 @@ class LakeDataset(Dataset):
         if fast and self.shares_blocks(workers):
             # twice a block's mean size: room for blocks of larger images (untouched pages take no memory)
             slot_bytes = int(2 * self.block_size * self.info.row_bytes) + (64 << 10)
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-            if self.shared_blocks(workers) * slot_bytes <= ram // 2:  # else each worker caches its own
-                self.blocks = SharedBlocks(self.shared_blocks(workers), self.block_size, slot_bytes, workers)
+            blocks = self.shared_blocks(workers)
+            if blocks * slot_bytes <= total_memory() // 2:  # else each worker caches its own
+                self.blocks = SharedBlocks(blocks, self.block_size, slot_bytes, workers)
 
     def shares_blocks(self, workers: int) -> bool:
         """Whether ``workers`` forked workers share one block cache: for encoded columns only
@@ -404,6 +404,13 @@ class LakeDataset(Dataset):
 
     def _row_id(self, view_row: int) -> int:
         return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])
+
+
+def total_memory() -> int:
+    """This machine's physical memory in bytes (0 where the OS does not say)."""
+    if not hasattr(os, "sysconf"):
+        return 0
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:
