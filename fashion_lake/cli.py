@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningCLI
 
 from fashion_lake.data import DeepLakeDataModule
-from fashion_lake.errors import FashionLakeError
+from fashion_lake.errors import CheckpointError, run_command
 from fashion_lake.model import FashionMnistModule
 
 CKPT_ALIASES = {"last", "best", "hpc", "registry"}
@@ -26,7 +25,7 @@ class FashionLakeCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt) and not Path(ckpt).is_file():
-            raise FashionLakeError(
+            raise CheckpointError(
                 f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file written by `fit` "
                 "(e.g. runs/fashion/version_0/checkpoints/last.ckpt) or --ckpt_path last."
             )
@@ -45,22 +44,6 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
     )
 
 
-def _message(error: FashionLakeError) -> str:
-    """The error's own message, also when a DataLoader worker raised it.
-
-    The loader re-raises a worker's error as ``Caught X in DataLoader worker process N`` plus
-    the worker's traceback; the message is the traceback's last line, after ``X: ``.
-    """
-    text = str(error)
-    if "Original Traceback" in text:
-        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-    return text
-
-
 def main(args: list[str] | None = None) -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
-    try:
-        cli_main(args)
-    except FashionLakeError as e:
-        print(f"fashion_lake: error: {_message(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_command("fashion_lake", lambda: cli_main(args))

@@ -1,5 +1,59 @@
-"""The one error type users see: its message names what is wrong and how to fix it."""
+"""The errors users see, and the one printer every command shares.
+
+Every check of user input raises one of these with a message that names what is wrong and how
+to fix it. ``run_command`` turns them into one ``PROGRAM: error: ...`` line on stderr and exit
+status 2; ``FASHION_LAKE_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+DEBUG_ENV = "FASHION_LAKE_DEBUG"
 
 
 class FashionLakeError(Exception):
     """Bad input (URL, dataset, file, config value, download): reported as one line, exit 2."""
+
+
+class ConfigError(FashionLakeError, ValueError):
+    """A config value or command-line flag that cannot work (a range, a combination, a name)."""
+
+
+class DatasetError(FashionLakeError):
+    """A dataset that cannot be opened or used: URL, storage, columns, classes, rows, pixels."""
+
+
+class IngestError(FashionLakeError):
+    """An ingest that cannot start or finish: its source, its destination, the raw files."""
+
+
+class CheckpointError(FashionLakeError):
+    """A checkpoint that is missing, truncated or was not written by ``fashion_lake``."""
+
+
+def message(error: BaseException) -> str:
+    """The error's own one-line message, also when a DataLoader worker raised it.
+
+    The loader re-raises a worker's error as ``Caught X in DataLoader worker process N`` plus
+    the worker's traceback; the message is the traceback's last line, after ``X: ``.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def run_command(program: str, command: Callable[[], T]) -> T:
+    """Run a command's body; a ``FashionLakeError`` becomes one line on stderr and exit 2."""
+    try:
+        return command()
+    except FashionLakeError as e:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"{program}: error: {message(e)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -656,11 +656,7 @@ def convert(
 def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    try:
-        version = CLI([fashion_mnist, image_folder, convert], args=args)
-    except FashionLakeError as e:
-        print(f"fashion_lake.ingest: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    version = run_command("fashion_lake.ingest", lambda: CLI([fashion_mnist, image_folder, convert], args=args))
     print(f"committed version {version}")
 
 
