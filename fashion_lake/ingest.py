@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import struct
-import sys
 import tempfile
 import urllib.error
 import uuid
@@ -39,7 +38,7 @@ from typing import Literal, NamedTuple, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from fashion_lake.errors import FashionLakeError
+from fashion_lake.errors import run_command
 from fashion_lake.folder import FORMATS, FolderError, Plan, encode_many, list_image_folder, probe_many
 from fashion_lake.lake import (
     INGEST_KEY,
