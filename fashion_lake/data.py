@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader
 
 from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
+from fashion_lake.errors import ConfigError, DatasetError, IngestError
 from fashion_lake.handoff import ring_slots
 from fashion_lake.lake import (
     V3_NOTICE,
-    LakeError,
     LakeInfo,
     LakeSource,
     check_secrets,
@@ -62,6 +62,32 @@ def _passthrough(batch: dict) -> dict:
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity where the OS tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# option -> (lowest, highest, what it means): the ranges every data option must keep
+RANGES: dict[str, tuple[float, float | None, str]] = {
+    "batch_size": (1, None, "rows per step on each device"),
+    "global_batch_size": (1, None, "rows per step over all devices"),
+    "num_workers": (0, None, "loader processes; 0 reads in the training process"),
+    "rotation": (0, 180, "the largest rotation in degrees, either way; 0 turns it off"),
+    "crop_padding": (0, None, "pixels of padding per side; 0 turns it off"),
+    "erasing": (0, 1, "a probability; 0 turns it off"),
+    "block_size": (1, None, "rows read together"),
+    "shuffle_window": (0, None, "rows shuffled together; 0 shuffles the whole dataset"),
+}
+
+
+def _check_ranges(**values: float | None) -> None:
+    """Refuse a value outside its range, naming the option, its range and what it means."""
+    for name, value in values.items():
+        low, high, meaning = RANGES[name]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"data.{name} must be a number ({meaning}), not {value!r}.")
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise ConfigError(f"data.{name} must be {allowed} ({meaning}), not {value}.")
 
 
 def _default_raw_cache() -> Path:
@@ -177,11 +203,16 @@ class DeepLakeDataModule(pl.LightningDataModule):
         token: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or (num_workers or 0) < 0 or block_size < 1 or shuffle_window < 0:
-            raise ValueError(
-                "need batch_size >= 1, num_workers >= 0, block_size >= 1 and shuffle_window >= 0, got "
-                f"{batch_size}, {num_workers}, {block_size}, {shuffle_window}"
-            )
+        _check_ranges(
+            batch_size=batch_size,
+            global_batch_size=global_batch_size,
+            num_workers=num_workers,
+            rotation=rotation,
+            crop_padding=crop_padding,
+            erasing=erasing,
+            block_size=block_size,
+            shuffle_window=shuffle_window,
+        )
         self.urls = {
             "train": train_url,
             "val": val_url,
@@ -199,36 +230,36 @@ class DeepLakeDataModule(pl.LightningDataModule):
             rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
         )
         if channels not in (None, 1, 3):
-            raise LakeError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
+            raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
         self.channels = channels
         try:
             self.crops = Crops.of(image_size, crop_scale, seed) if image_size is not None else None
         except (ValueError, TypeError) as e:
-            raise LakeError(f"data.image_size / data.crop_scale: {e}.") from None
+            raise ConfigError(f"data.image_size / data.crop_scale: {e}.") from None
         self.block_size, self.shuffle_window = block_size, shuffle_window
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version
         if decode not in ("auto", "host", "device"):
-            raise LakeError(f"data.decode must be auto, host or device, not {decode!r}.")
+            raise ConfigError(f"data.decode must be auto, host or device, not {decode!r}.")
         self.decode = decode
         self.skip_corrupt = skip_corrupt
         self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
         if (image_size is not None or channels is not None) and (
             train_transform is not None or eval_transform is not None
         ):
-            raise LakeError(
+            raise ConfigError(
                 "data.image_size and data.channels work on the whole-batch pipeline, which "
                 "data.train_transform / data.eval_transform replace; drop one or the other."
             )
         if skip_corrupt and (train_transform is not None or eval_transform is not None):
-            raise LakeError(
+            raise ConfigError(
                 "data.skip_corrupt works on the whole-batch pipeline only; drop data.train_transform / "
                 "data.eval_transform (use rotation and normalize) or data.skip_corrupt."
             )
         augments = {"flip": flip, "crop_padding": crop_padding, "erasing": erasing}
         if train_transform is not None and any(augments.values()):
             named = ", ".join(f"data.{name}" for name, on in augments.items() if on)
-            raise LakeError(
+            raise ConfigError(
                 f"{named} work on the whole-batch pipeline, which data.train_transform replaces; drop "
                 "data.train_transform or put the augmentation in it."
             )
@@ -259,7 +290,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         try:
             return per_device_batch(self.batch_size, self.global_batch_size, self.dist.world_size)
         except ValueError as e:
-            raise LakeError(str(e)) from e
+            raise ConfigError(str(e)) from e
 
     # ------------------------------------------------------------------ what the model links to
     def _source(self, split: str) -> LakeSource:
@@ -282,6 +313,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 base = source.open_base()  # opened once: the view and row ids derive from it
                 if is_v3(base):
                     rank_zero_info(V3_NOTICE.format(url=source.url))
+                reference = self._reference_split
+                expected = None
+                if reference is not None and self.urls[reference] != source.url:
+                    expected = self.info(reference).class_names
                 info = inspect_lake(
                     source.select(base),
                     source.url,
@@ -289,17 +324,19 @@ class DeepLakeDataModule(pl.LightningDataModule):
                     self.label_column,
                     self.user_class_names,
                     base,
+                    expected,
                 )
                 self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
         return self._infos[key]
 
     @cached_property
+    def _reference_split(self) -> str | None:
+        """The split whose dataset defines the classes: train if it exists, else val; None if unbuilt."""
+        return next((split for split in ("train", "val") if not self._buildable(split)), None)
+
+    @property
     def _reference(self) -> LakeInfo | None:
-        """The dataset that defines the classes: train if it exists, else val; None if unbuilt."""
-        for split in ("train", "val"):
-            if not self._buildable(split):
-                return self.info(split)
-        return None
+        return None if self._reference_split is None else self.info(self._reference_split)
 
     @property
     def class_names(self) -> list[str]:
@@ -323,44 +360,64 @@ class DeepLakeDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Build missing local Fashion-MNIST lakes from the IDX files (once per node)."""
+        """Build missing local Fashion-MNIST lakes from the IDX files (once per node).
+
+        Only on a fresh start, where neither the training nor the validation dataset exists:
+        a missing dataset beside existing ones is more likely a mistyped URL than a wish for
+        a new Fashion-MNIST copy there, so it is refused, naming the URL.
+        """
         from fashion_lake.ingest import download_fashion_mnist, fashion_mnist
 
-        checked: set[str] = set()  # test and predict default to val's URL: check each URL once
+        missing: dict[str, str] = {}  # url -> its first split; test and predict default to val's URL
         for split, url in self.urls.items():
-            if url in checked:
-                continue
-            checked.add(url)
-            if lake_format(url, self.creds, self.token) is not None:  # Deep Lake 4 or 3: never written
+            if url in missing or lake_format(url, self.creds, self.token) is not None:
                 continue
             if is_local(url) and local_path(url).exists():
-                raise LakeError(
-                    f"{url!r} exists but is not a Deep Lake dataset (4.x, or 3.x read through a query); "
-                    "point the URL at a dataset, or remove the folder to have Fashion-MNIST built there."
+                raise DatasetError(
+                    f"{url!r} (data.{split}_url) exists but is not a Deep Lake dataset (4.x, or 3.x read "
+                    "through a query); point the URL at a dataset."
                 )
             if not is_local(url):
-                raise LakeError(
-                    f"no Deep Lake dataset at {url!r}. Check the URL and credentials, or create it "
-                    f"with `python -m fashion_lake.ingest fashion_mnist {url} --raw_dir DIR`."
+                raise DatasetError(
+                    f"no Deep Lake dataset at {url!r} (data.{split}_url). Check the URL and credentials, "
+                    f"or create it with `python -m fashion_lake.ingest fashion_mnist {url} --raw_dir DIR`."
                 )
-            raw_dir = self.raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
-            if raw_dir is None:
-                if not self.download:
-                    raise LakeError(
-                        f"no Deep Lake dataset at {url!r}. Check the URL, or build Fashion-MNIST there "
-                        "from its IDX files with --data.raw_dir DIR (or FASHION_LAKE_RAW_DIR), or "
-                        "with --data.download true."
-                    )
+            missing.setdefault(url, split)
+        if not missing:
+            return
+        if self.urls["train"] not in missing or self.urls["val"] not in missing:
+            url, split = next(iter(missing.items()))
+            fm_split = "train" if split == "train" else "test"
+            raise DatasetError(
+                f"no Deep Lake dataset at {url!r} (data.{split}_url); check the URL. Fashion-MNIST is built "
+                "only when neither the training nor the validation dataset exists; to build this one, run "
+                f"`python -m fashion_lake.ingest fashion_mnist {url} --split {fm_split} --raw_dir DIR`."
+            )
+        where = " and ".join(map(repr, missing))
+        raw_dir = self.raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
+        if raw_dir is None:
+            if not self.download:
+                raise DatasetError(
+                    f"no Deep Lake dataset at {where}. Check the URLs, or build Fashion-MNIST there from "
+                    "its IDX files with --data.raw_dir DIR (or FASHION_LAKE_RAW_DIR), or with "
+                    "--data.download true."
+                )
+            try:
                 raw_dir = str(download_fashion_mnist(_default_raw_cache()))
+            except IngestError as e:
+                raise DatasetError(
+                    f"no Deep Lake dataset at {where}, and building Fashion-MNIST failed: {e}"
+                ) from e
+        for url, split in missing.items():
             fm_split = "train" if split == "train" else "test"
             rank_zero_info(f"Building Fashion-MNIST {fm_split} split at {url} from {raw_dir}")
             fashion_mnist(dest=url, raw_dir=raw_dir, split=fm_split)
-        self.__dict__.pop("_reference", None)
+        self.__dict__.pop("_reference_split", None)
 
     def setup(self, stage: str) -> None:
         connector = getattr(self.trainer, "_accelerator_connector", None)
         if connector is not None and connector.use_distributed_sampler and connector.is_distributed:
-            raise LakeError(
+            raise ConfigError(
                 "the Trainer would wrap the data module's loaders in a DistributedSampler, which loses "
                 "its shuffle, epoch and shards; pass use_distributed_sampler=False to the Trainer "
                 "(--trainer.use_distributed_sampler false; DeepLakeDataModule shards the data itself)."
@@ -371,7 +428,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         for split in splits:
             info = self.info(split)
             if info.class_names != self.class_names:
-                raise LakeError(
+                raise DatasetError(
                     f"{self.urls[split]!r} has classes {info.class_names}, but the model is built for "
                     f"{self.class_names} (from {self.urls['train']!r}); use datasets with the same classes."
                 )
@@ -401,7 +458,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         for name, stats in zip(("mean", "std"), self.normalize, strict=True):
             if isinstance(stats, list | tuple) and len(stats) not in (1, channels):
                 allowed = "one number" if channels == 1 else f"one number or {channels}"
-                raise LakeError(
+                raise ConfigError(
                     f"data.normalize {name} has {len(stats)} values, but the images have {channels} "
                     f"channel(s); give {allowed} (imagenet statistics are for RGB images)."
                 )
@@ -416,14 +473,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
             return False
         if self.crops is not None:  # photos of many sizes: decoded, cropped and resized per row
             if self.decode == "device":
-                raise LakeError(
+                raise ConfigError(
                     "data.decode device decodes whole batches of one size, and data.image_size crops each "
                     "image on the host; use data.decode host (or auto) with data.image_size."
                 )
             return False
         if self.decode == "device":
             if info.codec not in DEVICE_CODECS:
-                raise LakeError(
+                raise ConfigError(
                     f"data.decode device decodes jpeg only, and {self.urls[split]!r} holds {info.codec} "
                     "images; use data.decode host (or auto)."
                 )
@@ -496,7 +553,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             window=self.shuffle_window,
         )
         if train and len(sampler) == 0:
-            raise LakeError(
+            raise DatasetError(
                 f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global batch of "
                 f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
                 "--data.drop_last false."

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashion_lake.errors import FashionLakeError
+from fashion_lake.errors import IngestError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, copied: importing torchvision costs a worker seconds.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -29,10 +29,6 @@ JPEG_QUALITY = 95
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class FolderError(FashionLakeError):
-    """The folder is not an ImageFolder tree: the message says what it lacks."""
-
-
 def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, class id) for every image file in ImageFolder order, and the class names.
 
@@ -41,11 +37,11 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FolderError(f"image folder {str(root)!r} is not a directory.")
+        raise IngestError(f"image folder {str(root)!r} is not a directory.")
     # hidden folders (.ipynb_checkpoints, .git, ...) are not classes
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise FolderError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
+        raise IngestError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
     files = [
         (str(path), label)
         for label, name in enumerate(classes)
@@ -53,10 +49,10 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
         if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
     ]
     if not files:
-        raise FolderError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}).")
+        raise IngestError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}).")
     empty = sorted(set(classes) - {classes[label] for _, label in files})
     if empty:  # a class the model would learn to never predict, and that shifts every class id after it
-        raise FolderError(
+        raise IngestError(
             f"class folder(s) {', '.join(map(repr, empty))} in {root} hold no image files "
             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)."
         )

@@ -17,12 +17,14 @@ Run ``python -m fashion_lake.ingest --help``.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 import urllib.error
@@ -38,11 +40,10 @@ from typing import Literal, NamedTuple, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from fashion_lake.errors import run_command
-from fashion_lake.folder import FORMATS, FolderError, Plan, encode_many, list_image_folder, probe_many
+from fashion_lake.errors import IngestError, run_command
+from fashion_lake.folder import FORMATS, Plan, encode_many, list_image_folder, probe_many
 from fashion_lake.lake import (
     INGEST_KEY,
-    LakeError,
     check_secrets,
     is_local,
     lake_format,
@@ -79,10 +80,6 @@ ENCODE_FILES = 64  # files per worker task encoding: well under a second of work
 TASKS_AHEAD = 2  # tasks per worker submitted ahead of the one awaited
 SKIPPED_FILES_LISTED = 100
 T = TypeVar("T")
-
-
-class IngestError(LakeError):
-    """Bad ingest input: the message names the file and the fix."""
 
 
 # ----------------------------------------------------------------------------- IDX files
@@ -284,6 +281,7 @@ def write_lake(
         del ds
         if final is not None:
             _replace(work_url, final)
+            _remove_leftovers(final)
     except BaseException:
         if final is not None:
             shutil.rmtree(work_url, ignore_errors=True)
@@ -291,41 +289,102 @@ def write_lake(
     return version
 
 
-def _local_destination(dest: str, overwrite: bool) -> Path | None:
-    """``dest``'s path if it is local and may be written, else None (a remote URL)."""
+def _overlaps(dest: Path, source: str | Path) -> bool:
+    """Whether ``dest`` is ``source``, inside it, or holds it."""
+    dest, source = dest.resolve(), Path(source).expanduser().resolve()
+    return dest == source or source in dest.parents or dest in source.parents
+
+
+def _check_destination(
+    dest: str,
+    overwrite: bool,
+    creds: dict[str, str] | None = None,
+    token: str | None = None,
+    sources: Sequence[str | Path] = (),
+) -> Path | None:
+    """Refuse a destination that may not be written, before any work; writes nothing.
+
+    ``overwrite`` replaces only a dataset (ours, complete or left unfinished, or any other Deep
+    Lake dataset), never a folder that is not one, and nothing overlapping the ingest's own
+    ``sources``. Returns ``dest``'s local path, or None for a remote URL.
+    """
+    import deeplake
+
     if not is_local(dest):
+        if deeplake.exists(dest, **storage_args(creds, token)):
+            state = open_lake(dest, creds, token, check_complete=False).metadata
+            if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
+                raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
         return None
     final = local_path(dest)
-    if final.exists() and not overwrite:
-        raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
+    for source in sources:
+        if is_local(str(source)) and _overlaps(final, local_path(str(source))):
+            raise IngestError(
+                f"destination {str(final)!r} overlaps the source {str(source)!r}; write the dataset to a "
+                "folder outside the source (and not around it)."
+            )
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise IngestError(f"{final} already exists; pass --overwrite true to replace it.")
+        if not final.is_dir() or lake_format(str(final)) is None:
+            raise IngestError(
+                f"{final} exists and is not a Deep Lake dataset; --overwrite replaces only a dataset. "
+                "Choose another destination (nothing was changed)."
+            )
     return final
 
 
 def _clear_destination(
     dest: str, overwrite: bool, creds: dict[str, str] | None, token: str | None
 ) -> Path | None:
-    """Check that ``dest`` may be written; return its local path, or None for a remote URL.
-
-    A remote dataset left unfinished by an earlier ingest (marked ``in_progress``) is replaced;
-    a complete one, or any dataset not written by us, only with ``overwrite``.
-    """
+    """``_check_destination``, then make room: a local destination's parent folder is created;
+    a remote dataset that may be replaced (``overwrite``, or an unfinished ingest of ours) is
+    deleted. Returns ``dest``'s local path, or None for a remote URL."""
     import deeplake
 
-    final = _local_destination(dest, overwrite)
+    final = _check_destination(dest, overwrite, creds, token)
     if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
         return final
     if deeplake.exists(dest, **storage_args(creds, token)):
-        state = open_lake(dest, creds, token, check_complete=False).metadata
-        if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
-            raise IngestError(f"{dest} already exists; pass --overwrite true to replace it.")
         deeplake.delete(dest, **storage_args(creds, token))
     return None
 
 
+PARTIAL = ".partial-"  # a partial's name: .{dest name}.partial-{random}-{pid}@{host}
+
+
 def _partial(final: Path) -> str:
-    """A hidden sibling of ``final`` to write into, renamed into place once complete."""
-    return str(final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    """A hidden sibling of ``final`` to write into, renamed into place once complete. Its name
+    records the writing process, so a later ingest can tell a killed one's leftover from a live one."""
+    owner = f"{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+    return str(final.parent / f".{final.name}{PARTIAL}{owner}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_leftovers(final: Path) -> list[Path]:
+    """Remove the partials of ``final`` that ingests on this machine left when killed; return them.
+
+    A partial whose writer still runs, or that another machine writes, is left alone.
+    """
+    removed = []
+    for path in final.parent.glob(f".{glob.escape(final.name)}{PARTIAL}*"):
+        owner = path.name.rsplit(PARTIAL, 1)[1]
+        pid, _, host = owner.partition("-")[2].partition("@")
+        if not path.is_dir() or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _replace(work_url: str, final: Path) -> None:
@@ -492,6 +551,7 @@ def fashion_mnist(
     raw_dir = raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
     if raw_dir is None:
         raise IngestError("pass --raw_dir DIR (or set FASHION_LAKE_RAW_DIR).")
+    _check_destination(dest, overwrite, creds, token, sources=[raw_dir])  # before reading the files
     if download:
         download_fashion_mnist(raw_dir)
     images, labels, source = load_fashion_mnist(raw_dir, split)
@@ -554,11 +614,8 @@ def image_folder(
     workers = _available_cores() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise IngestError(f"workers must be 0 (this process) or more, not {workers!r}.")
-    try:
-        files, classes = list_image_folder(root)
-    except FolderError as e:
-        raise IngestError(str(e)) from e
-    _local_destination(dest, overwrite)  # refuse before reading every file
+    files, classes = list_image_folder(root)
+    _check_destination(dest, overwrite, creds, token, sources=[root])  # before reading every file
     tally = _Tally(Path(root).expanduser(), skip_unreadable)
     workers = min(workers, -(-len(files) // ENCODE_FILES))  # no idle processes for a small folder
     with _worker_pool(workers) as pool:
@@ -627,6 +684,7 @@ def convert(
     if kind != "v3":
         what = "a Deep Lake 4 dataset: use it as it is" if kind == "v4" else "nothing Deep Lake can read"
         raise IngestError(f"{src!r} is not a Deep Lake 3 dataset ({what}).")
+    _check_destination(dest, overwrite, creds, token, sources=[src] if is_local(src) else [])
     final = _clear_destination(dest, overwrite, creds, token)
     staging = _partial(final) if final is not None else tempfile.mkdtemp(prefix="fashion-lake-convert-")
     try:
@@ -641,6 +699,7 @@ def convert(
         del ds
         if final is not None:
             _replace(staging, final)
+            _remove_leftovers(final)
             return version
         with storage_errors(f"copying the converted dataset to {dest!r}"):
             deeplake.copy(staging, dest, dst_creds=args["creds"], token=args["token"])
@@ -655,7 +714,8 @@ def convert(
 def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    version = run_command("fashion_lake.ingest", lambda: CLI([fashion_mnist, image_folder, convert], args=args))
+    commands = [fashion_mnist, image_folder, convert]
+    version = run_command("fashion_lake.ingest", lambda: CLI(commands, args=args))
     print(f"committed version {version}")
 
 

@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from fashion_lake.errors import FashionLakeError
+from fashion_lake.errors import ConfigError, DatasetError, FashionLakeError
 
 INGEST_KEY = "fashion_lake.ingest"
 ROW_ID = "fashion_lake_row"
 REMOTE_SCHEMES = ("s3://", "gcs://", "gs://", "azure://", "az://", "al://", "hub://", "https://")
-
-
-class LakeError(FashionLakeError):
-    """A dataset or its configuration is unusable; the message says what and how to fix it."""
 
 
 ENV_REFERENCE = "env:"
@@ -46,7 +42,7 @@ def check_secrets(creds: dict[str, str] | None, token: str | None = None, flag: 
     for key, value in named.items():
         if key not in PUBLIC_CREDS and not str(value).startswith(ENV_REFERENCE):
             where = f"{flag}token" if key == "token" and token is not None else f"{flag}creds.{key}"
-            raise LakeError(
+            raise ConfigError(
                 f"{where} is given by value; it would be written to config.yaml, checkpoints and logs. "
                 f"Put it in an environment variable and pass its name: {key}: env:NAME (or leave it "
                 "out and let Deep Lake read the standard variables, e.g. AWS_SECRET_ACCESS_KEY)."
@@ -60,16 +56,16 @@ def brief(error: BaseException) -> str:
 
 @contextmanager
 def storage_errors(what: str, hint: str = "") -> Iterator[None]:
-    """Turn a storage library's error into one ``LakeError``: "{what} failed: {error}. {hint}".
+    """Turn a storage library's error into one ``DatasetError``: "{what} failed: {error}. {hint}".
 
-    Our own ``LakeError``s (a missing env var, an unopenable version) pass unchanged.
+    Our own errors (a missing env var, an unopenable version) pass unchanged.
     """
     try:
         yield
-    except LakeError:
+    except FashionLakeError:
         raise
     except Exception as e:  # deeplake's errors share no base class beyond Exception
-        raise LakeError(f"{what} failed: {brief(e)}" + (f". {hint}" if hint else "")) from e
+        raise DatasetError(f"{what} failed: {brief(e)}" + (f". {hint}" if hint else "")) from e
 
 
 def _resolve(key: str, value: str) -> str:
@@ -77,7 +73,7 @@ def _resolve(key: str, value: str) -> str:
         return value
     name = value.removeprefix(ENV_REFERENCE)
     if name not in os.environ:
-        raise LakeError(f"{key} refers to the environment variable {name}, which is not set; export it.")
+        raise ConfigError(f"{key} refers to the environment variable {name}, which is not set; export it.")
     return os.environ[name]
 
 
@@ -140,7 +136,7 @@ def open_lake(
     token: str | None = None,
     check_complete: bool = True,
 ) -> Any:
-    """Open ``url`` read-only, turning Deep Lake's errors into one clear ``LakeError``.
+    """Open ``url`` read-only, turning Deep Lake's errors into one clear ``DatasetError``.
 
     A Deep Lake 3 dataset (``hub://``, or any URL that ``deeplake.open_read_only`` does not
     open but a query does) comes back as a query view: Deep Lake 4 reads that format only so.
@@ -166,10 +162,12 @@ def open_lake(
             + ("; check the credentials (creds/token)" if not is_local(url) else "")
             + "."
         )
-        raise LakeError(f"cannot open Deep Lake dataset {url!r}: {brief(e)}. {hint}") from e
+        raise DatasetError(f"cannot open Deep Lake dataset {url!r}: {brief(e)}. {hint}") from e
     meta = getattr(ds, "metadata", {})  # query views have none
     if check_complete and INGEST_KEY in meta and meta[INGEST_KEY] != "complete":
-        raise LakeError(f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it).")
+        raise DatasetError(
+            f"{url!r} is an ingest that did not finish; run the ingest again (it replaces it)."
+        )
     return ds
 
 
@@ -196,48 +194,64 @@ def inspect_lake(
     label_column: str,
     class_names: Sequence[str] | None = None,
     base: Any = None,
+    expected_classes: Sequence[str] | None = None,
 ) -> LakeInfo:
     """Check columns, size, class names and label range; return what the loaders need.
 
     ``ds`` may be a query view; class names then come from ``base``, the dataset it views.
+    ``expected_classes`` are the classes the model is built for (the training set's): a dataset
+    with other classes is refused as such before its labels are checked against its own names.
     """
     columns = [c.name for c in ds.schema.columns]
     missing = [c for c in (image_column, label_column) if c not in columns]
     if missing:
-        raise LakeError(
+        raise DatasetError(
             f"{url!r} has no column {', '.join(map(repr, missing))}; it has {columns}. Set "
             "--data.image_column / --data.label_column to the dataset's column names."
         )
     rows = len(ds)
     if rows == 0:
-        raise LakeError(f"{url!r} is empty (0 rows); ingest data into it first, or widen the query.")
+        raise DatasetError(f"{url!r} is empty (0 rows); ingest data into it first, or widen the query.")
     if class_names is None:
         meta = (ds if base is None else base)[label_column].metadata
         if "class_names" not in meta or not meta["class_names"]:
-            raise LakeError(
+            raise DatasetError(
                 f"column {label_column!r} of {url!r} has no class names in its metadata; make it "
                 "a ClassLabel column with metadata['class_names'] or pass --data.class_names."
             )
         class_names = meta["class_names"]
     class_names = [str(c) for c in class_names]
+    if expected_classes is not None and class_names != list(expected_classes):
+        raise DatasetError(
+            f"{url!r} has classes {class_names}, but the model is built for {list(expected_classes)} "
+            "(the training set's); use datasets with the same classes, in the same order."
+        )
     labels = np.asarray(ds[label_column][0:rows])
     if labels.ndim != 1 and labels.reshape(rows, -1).shape[1] != 1:
-        raise LakeError(
+        raise DatasetError(
             f"column {label_column!r} of {url!r} holds {labels.shape[1:]} arrays, not one class id per row."
         )
     labels = labels.reshape(rows)  # Deep Lake 3 class_label rows are (1,) arrays
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= len(class_names):
         bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])
-        raise LakeError(
+        raise DatasetError(
             f"row {bad} of {url!r} has label {int(labels[bad])}, outside 0..{len(class_names) - 1} "
             f"({len(class_names)} class names); fix the labels or the class names."
         )
     first = np.asarray(ds[image_column][0:1])
+    if first.dtype != np.uint8:  # the pipeline scales 0..255 to 0..1 and augments uint8 batches
+        raise DatasetError(
+            f"column {image_column!r} of {url!r} holds {first.dtype} images; fashion_lake reads 8-bit "
+            "images (uint8, 0..255). Store them as uint8 (e.g. (x * 255).round().astype('uint8') for "
+            "values in 0..1) or ingest the image files with `python -m fashion_lake.ingest image_folder`."
+        )
     if first.ndim == 3:  # H, W without a channel axis
         first = first[..., None]
     if first.ndim != 4:
-        raise LakeError(f"column {image_column!r} of {url!r} does not hold HxWxC images ({first.shape[1:]}).")
+        raise DatasetError(
+            f"column {image_column!r} of {url!r} does not hold HxWxC images ({first.shape[1:]})."
+        )
     from fashion_lake.decode import image_channels, image_codec  # torch: not for ingest's workers
 
     version = getattr(base if base is not None else ds, "version", None)
@@ -269,7 +283,7 @@ class LakeSource:
         try:
             return ds.history[self.version].open()
         except Exception as e:
-            raise LakeError(
+            raise DatasetError(
                 f"version {self.version} of {self.url!r}, recorded in the checkpoint, cannot be opened "
                 f"({brief(e)}). Restore it, or pass --data.use_latest_version true to read the latest one."
             ) from e
@@ -292,7 +306,7 @@ class LakeSource:
         try:
             return ds.query(self.query)
         except Exception as e:
-            raise LakeError(
+            raise DatasetError(
                 f"query {self.query!r} on {self.url!r} failed: {brief(e)}. Queries are Deep Lake TQL, e.g. "
                 '"SELECT * WHERE labels IN (0, 1)" or "SELECT * WHERE ROW_NUMBER() < 1000".'
             ) from e

@@ -46,8 +46,9 @@ from fashion_lake.decode import (
     to_channels,
     unpack,
 )
+from fashion_lake.errors import DatasetError
 from fashion_lake.handoff import BatchSlots, HostBatch
-from fashion_lake.lake import LakeError, LakeInfo, LakeSource, storage_errors
+from fashion_lake.lake import LakeInfo, LakeSource, storage_errors
 from fashion_lake.sampler import RowGroup
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
@@ -371,7 +372,7 @@ class LakeDataset(Dataset):
         ``skip_corrupt`` the label ``CORRUPT`` (``_batch`` drops and counts such rows)."""
         if not self.skip_corrupt:
             rows = [self._row_id(int(view_rows[i])) for i in bad]
-            raise LakeError(
+            raise DatasetError(
                 f"row {rows[0]} of {self.source.url!r} holds corrupt image bytes (corrupt rows "
                 f"here: {self._corrupt_near(view_rows[bad])}). Re-ingest the dataset, or pass "
                 "--data.skip_corrupt true to skip such rows (counted as train_skipped_rows / "
@@ -379,9 +380,9 @@ class LakeDataset(Dataset):
             )
         labels[bad] = CORRUPT
 
-    def _differing_sizes(self, view_rows: np.ndarray) -> LakeError:
+    def _differing_sizes(self, view_rows: np.ndarray) -> DatasetError:
         first, last = int(view_rows.min()), int(view_rows.max())
-        return LakeError(
+        return DatasetError(
             f"rows {self._row_id(first)}..{self._row_id(last)} of {self.source.url!r} hold images of "
             "differing sizes; set --data.image_size N (or [H, W]) to crop and resize every image to "
             "one size, or re-ingest with one size (python -m fashion_lake.ingest image_folder "
@@ -428,7 +429,7 @@ def _class_ids(labels: np.ndarray, column: str) -> np.ndarray:
     """
     flat = labels.reshape(len(labels), -1)
     if flat.shape[1] != 1:
-        raise LakeError(f"column {column!r} holds {labels.shape[1:]} arrays, not one class id per row.")
+        raise DatasetError(f"column {column!r} holds {labels.shape[1:]} arrays, not one class id per row.")
     return flat[:, 0].astype(np.int64)
 
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from fashion_lake import DeepLakeDataModule
+from fashion_lake.errors import DatasetError
 from fashion_lake.ingest import read_idx
-from fashion_lake.lake import LakeError
 from fashion_lake.sampler import DistContext
 
 ROWS = {"train": 120, "test": 50}  # conftest's TINY_ROWS
@@ -115,12 +115,12 @@ def test_device_decode_matches_host_decode(codec_lakes: dict) -> None:
 
 
 def test_unknown_decode_place_is_refused(codec_lakes: dict) -> None:
-    with pytest.raises(LakeError, match="data.decode must be auto, host or device, not 'gpu'"):
+    with pytest.raises(DatasetError, match="data.decode must be auto, host or device, not 'gpu'"):
         _module(codec_lakes["jpeg"], batch_size=16, decode="gpu")
 
 
 def test_device_decode_of_png_is_refused(codec_lakes: dict) -> None:
-    with pytest.raises(LakeError, match="decode device decodes jpeg only.*holds png images"):
+    with pytest.raises(DatasetError, match="decode device decodes jpeg only.*holds png images"):
         _module(codec_lakes["png"], batch_size=16, decode="device").setup("validate")
 
 
@@ -148,7 +148,8 @@ def test_corrupt_jpeg_row_is_named_or_skipped(corrupt_jpeg_lake: str, decode: st
             batch = module.datasets["val"].decode_batch(batch, torch.device("cpu"))
         return batch
 
-    with pytest.raises(LakeError, match=r"row 5 of .* holds corrupt image bytes \(corrupt rows here: \[5\]"):
+    corrupt = r"row 5 of .* holds corrupt image bytes \(corrupt rows here: \[5\]"
+    with pytest.raises(DatasetError, match=corrupt):
         first_batch(dm)
     skipping = _module(lakes, batch_size=12, num_workers=0, decode=decode, skip_corrupt=True)
     batch = first_batch(skipping)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fashion_lake import DeepLakeDataModule
+from fashion_lake.errors import DatasetError
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
-from fashion_lake.lake import LakeError
 from fashion_lake.reader import BlockCache
 from fashion_lake.sampler import DistContext
 from fashion_lake.transforms import SeedTransform
@@ -121,7 +121,7 @@ def test_seed_transform_path_goes_through_ds_pytorch(tiny_lakes: dict[str, str])
 def test_missing_lake_without_raw_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASHION_LAKE_RAW_DIR", raising=False)
     dm = DeepLakeDataModule(train_url=str(tmp_path / "nope-train"), val_url=str(tmp_path / "nope-val"))
-    with pytest.raises(LakeError, match="no Deep Lake dataset at .*nope-train.*--data.raw_dir"):
+    with pytest.raises(DatasetError, match="no Deep Lake dataset at .*nope-train.*--data.raw_dir"):
         dm.prepare_data()
     assert not (tmp_path / "nope-train").exists()
 
@@ -139,19 +139,19 @@ def test_prepare_data_builds_missing_lakes_from_raw_dir(tiny_raw_dir: Path, tmp_
 def test_missing_columns_are_listed(make_lake: MakeLake) -> None:
     url = make_lake(image_column="pixels")
     dm = DeepLakeDataModule(train_url=url, val_url=url)
-    with pytest.raises(LakeError, match=r"no column 'images'; it has \['pixels', 'labels'\]"):
+    with pytest.raises(DatasetError, match=r"no column 'images'; it has \['pixels', 'labels'\]"):
         dm.setup("fit")
 
 
 def test_labels_outside_class_range(make_lake: MakeLake) -> None:
     url = make_lake(rows=4, labels=[0, 1, 5, 2])
-    with pytest.raises(LakeError, match="row 2 .* has label 5, outside 0..2"):
+    with pytest.raises(DatasetError, match="row 2 .* has label 5, outside 0..2"):
         DeepLakeDataModule(train_url=url, val_url=url).setup("validate")
 
 
 def test_no_class_names(make_lake: MakeLake) -> None:
     url = make_lake(class_names=None)
-    with pytest.raises(LakeError, match="no class names .* --data.class_names"):
+    with pytest.raises(DatasetError, match="no class names .* --data.class_names"):
         DeepLakeDataModule(train_url=url, val_url=url).setup("validate")
     dm = DeepLakeDataModule(train_url=url, val_url=url, class_names=["x", "y", "z"])
     dm.setup("validate")
@@ -160,13 +160,13 @@ def test_no_class_names(make_lake: MakeLake) -> None:
 
 def test_empty_dataset(make_lake: MakeLake) -> None:
     url = make_lake(rows=0)
-    with pytest.raises(LakeError, match="is empty"):
+    with pytest.raises(DatasetError, match="is empty"):
         DeepLakeDataModule(train_url=url, val_url=url).setup("fit")
 
 
 def test_val_classes_must_match_train(make_lake: MakeLake, tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=make_lake())
-    with pytest.raises(LakeError, match="has classes"):
+    with pytest.raises(DatasetError, match="has classes"):
         dm.setup("fit")
 
 
@@ -175,7 +175,7 @@ def test_bad_batch_settings() -> None:
         DeepLakeDataModule(batch_size=0)
     dm = DeepLakeDataModule(global_batch_size=10)
     dm.dist = DistContext(0, 3)
-    with pytest.raises(LakeError, match="does not divide evenly"):
+    with pytest.raises(DatasetError, match="does not divide evenly"):
         _ = dm.per_device_batch_size
 
 
@@ -222,12 +222,12 @@ def test_bad_query_is_reported(tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(
         train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], train_query="SELEKT nothing"
     )
-    with pytest.raises(LakeError, match="query 'SELEKT nothing' on .* failed"):
+    with pytest.raises(DatasetError, match="query 'SELEKT nothing' on .* failed"):
         dm.setup("fit")
     empty = DeepLakeDataModule(
         train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], train_query="SELECT * WHERE labels > 100"
     )
-    with pytest.raises(LakeError, match="is empty .* widen the query"):
+    with pytest.raises(DatasetError, match="is empty .* widen the query"):
         empty.setup("fit")
 
 
@@ -240,14 +240,14 @@ def test_download_offline_in_prepare_data(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(ingest, "FASHION_MNIST_MIRRORS", [f"http://127.0.0.1:{closed_port}/"])
     dm = DeepLakeDataModule(train_url=str(tmp_path / "train"), val_url=str(tmp_path / "val"), download=True)
-    with pytest.raises(LakeError, match="could not download train-images-idx3-ubyte.gz .* --data.raw_dir"):
+    with pytest.raises(DatasetError, match="could not download train-images-idx3-ubyte.gz .* --data.raw_dir"):
         dm.prepare_data()
     assert not (tmp_path / "train").exists()
 
 
 def test_fewer_rows_than_a_batch(tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=128)
-    with pytest.raises(LakeError, match="120 training rows, fewer than one global batch of 128"):
+    with pytest.raises(DatasetError, match="120 training rows, fewer than one global batch of 128"):
         dm.train_dataloader()
     dm = DeepLakeDataModule(
         train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=128, drop_last=False
@@ -291,7 +291,7 @@ def test_corrupt_image_bytes_name_the_row(corrupt_lake: str) -> None:
     dm = DeepLakeDataModule(train_url=corrupt_lake, val_url=corrupt_lake, batch_size=4)
     dm.setup("validate")
     with pytest.raises(
-        LakeError, match=r"row 3 of .* holds corrupt image bytes .*\[3, 9\].*--data.skip_corrupt"
+        DatasetError, match=r"row 3 of .* holds corrupt image bytes .*\[3, 9\].*--data.skip_corrupt"
     ):
         next(iter(dm.val_dataloader()))
 
@@ -330,7 +330,7 @@ def test_skipped_rows_are_logged(corrupt_lake: str, tmp_path: Path) -> None:
     ],
 )
 def test_secrets_by_value_are_refused(creds: dict | None, token: str | None, message: str) -> None:
-    with pytest.raises(LakeError, match=message) as caught:
+    with pytest.raises(DatasetError, match=message) as caught:
         DeepLakeDataModule(creds=creds, token=token)
     assert "abc" not in str(caught.value)
 
@@ -341,7 +341,7 @@ def test_secret_references_resolve_from_the_environment(monkeypatch: pytest.Monk
     creds = {"endpoint_url": "http://127.0.0.1:9", "aws_secret_access_key": "env:FL_SECRET"}
     DeepLakeDataModule(creds=creds, token="env:FL_TOKEN")  # references are accepted as given
     monkeypatch.setenv("FL_SECRET", "s3cr3t")
-    with pytest.raises(LakeError, match="environment variable FL_TOKEN, which is not set"):
+    with pytest.raises(DatasetError, match="environment variable FL_TOKEN, which is not set"):
         storage_args(creds, "env:FL_TOKEN")
     monkeypatch.setenv("FL_TOKEN", "t0k3n")
     assert storage_args(creds, "env:FL_TOKEN") == {
@@ -392,12 +392,12 @@ def test_training_position_survives_a_checkpoint(
 
 
 def test_batch_augmentations_need_the_batch_pipeline() -> None:
-    with pytest.raises(LakeError, match="data.flip, data.erasing work on the whole-batch pipeline"):
+    with pytest.raises(DatasetError, match="data.flip, data.erasing work on the whole-batch pipeline"):
         DeepLakeDataModule(flip=True, erasing=0.5, train_transform={"images": SeedTransform(train=True)})
 
 
 def test_skip_corrupt_needs_the_batch_pipeline(corrupt_lake: str) -> None:
-    with pytest.raises(LakeError, match="skip_corrupt works on the whole-batch pipeline only"):
+    with pytest.raises(DatasetError, match="skip_corrupt works on the whole-batch pipeline only"):
         DeepLakeDataModule(
             train_url=corrupt_lake, skip_corrupt=True, train_transform={"images": SeedTransform()}
         )
@@ -425,7 +425,7 @@ def test_a_trainer_that_would_add_a_distributed_sampler_is_refused(tiny_lakes: d
 
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8)
     dm.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
-    with pytest.raises(LakeError, match="--trainer.use_distributed_sampler false"):
+    with pytest.raises(DatasetError, match="--trainer.use_distributed_sampler false"):
         dm.setup("fit")
     dm.trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", logger=False, use_distributed_sampler=False

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from fashion_lake import ingest
+from fashion_lake.errors import DatasetError
 from fashion_lake.folder import Header, Plan, encode, probe
 from fashion_lake.ingest import FASHION_MNIST_CLASSES, IngestError, fashion_mnist, image_folder, read_idx
-from fashion_lake.lake import LakeError, open_lake
+from fashion_lake.lake import open_lake
 
 if TYPE_CHECKING:
     from conftest import PhotoFolder
@@ -92,11 +93,11 @@ def test_interrupted_ingest_leaves_nothing_openable(
         run()
     if scheme == "local":
         assert list((tmp_path / "out").iterdir()) == []  # neither the lake nor a partial copy
-        with pytest.raises(LakeError, match="cannot open"):
+        with pytest.raises(DatasetError, match="cannot open"):
             open_lake(dest)
     else:  # remote-style: the data is there, but marked unfinished and refused
         assert deeplake.exists(dest)
-        with pytest.raises(LakeError, match="did not finish"):
+        with pytest.raises(DatasetError, match="did not finish"):
             open_lake(dest)
     monkeypatch.undo()
     rows = run()

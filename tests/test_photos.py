@@ -17,7 +17,7 @@ from fashion_lake import DeepLakeDataModule
 from fashion_lake.cli import cli_main
 from fashion_lake.crops import EVAL_CROP, Crops
 from fashion_lake.data import IMAGENET_STATS
-from fashion_lake.lake import LakeError
+from fashion_lake.errors import DatasetError
 from fashion_lake.loader import LakeLoader
 from fashion_lake.sampler import DistContext
 
@@ -90,7 +90,7 @@ def train_pixels(dm: DeepLakeDataModule, epoch: int) -> dict[int, torch.Tensor]:
 
 
 def test_differing_sizes_without_image_size_name_the_option(photo_lakes: dict[str, str]) -> None:
-    with pytest.raises(LakeError, match=r"differing sizes; set --data.image_size N"):
+    with pytest.raises(DatasetError, match=r"differing sizes; set --data.image_size N"):
         next(iter(module(photo_lakes["jpeg"], batch_size=8).val_dataloader()))
 
 
@@ -162,7 +162,7 @@ def test_crop_boxes_follow_random_resized_crop() -> None:
     assert crops.box(300, 400, True, 0, 7) == boxes[7] != crops.box(300, 400, True, 1, 7)
     # the centre crop covers the shorter side's middle EVAL_CROP share, in the output's aspect
     assert crops.box(300, 400, train=False) == pytest.approx((18.75, 68.75, 262.5, 262.5))
-    with pytest.raises(LakeError, match="image_size"):
+    with pytest.raises(DatasetError, match="image_size"):
         module("unused", image_size=0)
 
 
@@ -202,12 +202,12 @@ def test_normalize_per_channel(photo_lakes: dict[str, str]) -> None:
     out = dm.prepare_batch(batch, train=False)["images"]
     mean, std = (torch.tensor(v)[:, None, None] for v in IMAGENET_STATS)
     torch.testing.assert_close(out, (batch["images"].float() / 255 - mean) / std)
-    with pytest.raises(LakeError, match="normalize mean has 2 values, but the images have 3 channel"):
+    with pytest.raises(DatasetError, match="normalize mean has 2 values, but the images have 3 channel"):
         module(photo_lakes["png"], image_size=8, normalize=([0.5, 0.5], 0.5)).setup("validate")
 
 
 def test_device_decode_refused_with_image_size(photo_lakes: dict[str, str]) -> None:
-    with pytest.raises(LakeError, match="data.decode device decodes whole batches of one size"):
+    with pytest.raises(DatasetError, match="data.decode device decodes whole batches of one size"):
         module(photo_lakes["jpeg"], image_size=8, decode="device").setup("validate")
 
 
@@ -253,7 +253,7 @@ def test_corrupt_photo_is_named_or_skipped_with_crops(tmp_path: Path) -> None:
     encoded = [encode(photo(60 + row, 80, row), "JPEG") for row in range(10)]
     encoded[3] = encoded[3][: len(encoded[3]) // 2]
     url = plain_lake(str(tmp_path / "corrupt"), "jpeg", encoded, [row % 2 for row in range(10)])
-    with pytest.raises(LakeError, match=r"row 3 of .* holds corrupt image bytes"):
+    with pytest.raises(DatasetError, match=r"row 3 of .* holds corrupt image bytes"):
         next(iter(module(url, batch_size=10, image_size=16).val_dataloader()))
     batch = next(iter(module(url, batch_size=10, image_size=16, skip_corrupt=True).val_dataloader()))
     assert batch["index"].tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9] and int(batch["skipped"]) == 1

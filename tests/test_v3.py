@@ -12,8 +12,9 @@ import torch
 
 from fashion_lake import DeepLakeDataModule, ingest
 from fashion_lake.cli import cli_main, main
+from fashion_lake.errors import DatasetError
 from fashion_lake.ingest import FASHION_MNIST_CLASSES, convert, fashion_mnist, read_idx
-from fashion_lake.lake import LakeError, lake_format, open_lake
+from fashion_lake.lake import lake_format, open_lake
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -146,7 +147,7 @@ def test_more_than_one_id_per_row_is_refused(tmp_path: Path) -> None:
     ds.append({"images": np.zeros((4, 4, 4, 1), np.uint8), "labels": np.zeros((4, 2), np.int32)})
     ds.commit()
     dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=2)
-    with pytest.raises(LakeError, match=r"'labels' of .* holds \(2,\) arrays, not one class id per row"):
+    with pytest.raises(DatasetError, match=r"'labels' of .* holds \(2,\) arrays, not one class id per row"):
         dm.setup("validate")
 
 
@@ -194,10 +195,10 @@ def test_interrupted_conversion_leaves_nothing_openable(
         convert(v3_lakes["test"], dest)
     if scheme == "local":
         assert list(tmp_path.iterdir()) == []  # neither the dataset nor its staging folder
-        with pytest.raises(LakeError, match="cannot open"):
+        with pytest.raises(DatasetError, match="cannot open"):
             open_lake(dest)
     else:
-        with pytest.raises(LakeError, match="did not finish"):
+        with pytest.raises(DatasetError, match="did not finish"):
             open_lake(dest)
     monkeypatch.undo()
     convert(v3_lakes["test"], dest)  # re-running replaces the unfinished one
