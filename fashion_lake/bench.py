@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from fashion_lake.data import DeepLakeDataModule, available_cores
 from fashion_lake.decode import decode_all
+from fashion_lake.errors import ConfigError, IngestError, OneLineErrors, message, run_command
 from fashion_lake.lake import open_lake
 from fashion_lake.transforms import ColumnTransform, SeedTransform
 
@@ -251,7 +252,7 @@ def run_ingest(root: Path, dest: Path, image_size: int | None) -> tuple[float, i
         sampler.join()
         if proc.wait() != 0:
             err.seek(0)
-            raise SystemExit(f"fashion_lake.bench: error: the ingest failed:\n{err.read()[-3000:]}")
+            raise IngestError(f"the benchmarked ingest failed: {message(err.read()[-3000:])}")
     return float(seconds), peaks["Rss"], peaks["Pss"], ready
 
 
@@ -259,7 +260,7 @@ def ingest_bench(n: int, seed: int, work_dir: str | None) -> dict[str, float]:
     """Time ``ingest image_folder`` on n and 4n synthetic photos, kept and re-encoded; print a
     table and the ratio line."""
     if n < PHOTO_CLASSES:
-        raise SystemExit(f"fashion_lake.bench: error: --ingest must be >= {PHOTO_CLASSES}")
+        raise ConfigError(f"--ingest must be {PHOTO_CLASSES} or more (photos, one class each at least).")
     rng = np.random.default_rng(seed)
     runs: dict[tuple[str, str], IngestRun] = {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -373,7 +374,7 @@ def main(
     if ingest is not None:
         return ingest_bench(ingest, seed, work_dir)
     if epochs < 1 or slow_batches < 1:
-        raise SystemExit("fashion_lake.bench: error: --epochs and --slow_batches must be >= 1")
+        raise ConfigError(f"--epochs and --slow_batches must be 1 or more, not {epochs} and {slow_batches}.")
     torch.manual_seed(seed)
     results: dict[str, tuple[float, int, int]] = {}
     workers: dict[str, int] = {}
@@ -464,7 +465,16 @@ def main(
     return ratios
 
 
-if __name__ == "__main__":
-    from jsonargparse import CLI
+def cli(args: list[str] | None = None) -> None:
+    """``python -m fashion_lake.bench``: bad input is one line and exit 2, as everywhere."""
+    from jsonargparse import CLI, ArgumentParser
 
-    CLI(main, as_positional=False)
+    class Parser(OneLineErrors, ArgumentParser):
+        program = "fashion_lake.bench"
+
+    prog = "python -m fashion_lake.bench"
+    run_command(prog.split()[-1], lambda: CLI(main, args=args, as_positional=False, parser_class=Parser, prog=prog))
+
+
+if __name__ == "__main__":
+    cli()

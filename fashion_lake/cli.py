@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from pytorch_lightning.cli import LightningCLI
-
+from fashion_lake.checkpoint import check_checkpoint
 from fashion_lake.data import DeepLakeDataModule
-from fashion_lake.errors import CheckpointError, run_command
+from fashion_lake.errors import OneLineErrors, run_command
 from fashion_lake.model import FashionMnistModule
 
 CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+
+
+class OneLineParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser, with bad flags reported in one line."""
 
 
 class FashionLakeCLI(LightningCLI):
@@ -24,11 +27,8 @@ class FashionLakeCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt = config.get("ckpt_path")
-        if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt) and not Path(ckpt).is_file():
-            raise CheckpointError(
-                f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file written by `fit` "
-                "(e.g. runs/fashion/version_0/checkpoints/last.ckpt) or --ckpt_path last."
-            )
+        if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt):
+            check_checkpoint(ckpt)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
@@ -39,6 +39,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
         trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the optimizer is a model argument
+        parser_class=OneLineParser,
         args=args,
         run=run,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 DEBUG_ENV = "FASHION_LAKE_DEBUG"
@@ -36,6 +36,29 @@ class CheckpointError(FashionLakeError):
     """A checkpoint that is missing, truncated or was not written by ``fashion_lake``."""
 
 
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class OneLineErrors:
+    """A mixin for jsonargparse parsers: a bad flag or config value is one ``PROGRAM: error:``
+    line and exit 2, like every other mistake, instead of argparse's page of usage.
+
+    ``program`` names the command; the mixin imports nothing, so that ingest stays light.
+    """
+
+    program = "fashion_lake"
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or debugging():  # type: ignore[attr-defined]
+            super().error(message, ex)  # type: ignore[misc]
+        parser = getattr(ex, "subcommand_parser", None) or self
+        usage = parser.prog.replace(" [options]", "")  # type: ignore[attr-defined]
+        line = f"{self.program}: error: {' '.join(message.split())} (options: {usage} --help)"
+        print(line, file=sys.stderr)
+        raise SystemExit(2)
+
+
 def message(error: BaseException) -> str:
     """The error's own one-line message, also when a DataLoader worker raised it.
 
@@ -53,7 +76,7 @@ def run_command(program: str, command: Callable[[], T]) -> T:
     try:
         return command()
     except FashionLakeError as e:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if debugging():
             raise
         print(f"{program}: error: {message(e)}", file=sys.stderr)
         raise SystemExit(2) from None

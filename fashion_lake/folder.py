@@ -29,11 +29,21 @@ JPEG_QUALITY = 95
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class id) for every image file in ImageFolder order, and the class names.
+class Listing(NamedTuple):
+    """An ImageFolder tree: (path, class id) of every image file in ImageFolder order, the class
+    names, and the files left out for their extension (paths relative to the root)."""
+
+    files: list[tuple[str, int]]
+    classes: list[str]
+    ignored: list[str]
+
+
+def list_image_folder(root: str | Path) -> Listing:
+    """Every image file of an ImageFolder tree, and the files that are not read.
 
     As torchvision's ``ImageFolder``: classes are the sorted subfolder names, files are found
-    recursively and sorted, and only the image extensions count.
+    recursively and sorted, and only the image extensions count; the other files are listed
+    as ``ignored``, so that the caller can say so.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -42,12 +52,16 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise IngestError(f"{root} has no class subfolders; expected root/<class_name>/<image files>.")
-    files = [
-        (str(path), label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).rglob("*"))
-        if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
-    ]
+    files: list[tuple[str, int]] = []
+    ignored: list[str] = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file():
+                continue
+            if path.suffix.lower() in IMG_EXTENSIONS:
+                files.append((str(path), label))
+            else:
+                ignored.append(str(path.relative_to(root)))
     if not files:
         raise IngestError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}).")
     empty = sorted(set(classes) - {classes[label] for _, label in files})
@@ -56,7 +70,7 @@ def list_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str
             f"class folder(s) {', '.join(map(repr, empty))} in {root} hold no image files "
             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)."
         )
-    return files, classes
+    return Listing(files, classes, ignored)
 
 
 class Header(NamedTuple):

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import urllib.error
 import uuid
@@ -40,10 +41,11 @@ from typing import Literal, NamedTuple, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from fashion_lake.errors import IngestError, run_command
-from fashion_lake.folder import FORMATS, Plan, encode_many, list_image_folder, probe_many
+from fashion_lake.errors import IngestError, OneLineErrors, run_command
+from fashion_lake.folder import FORMATS, IMG_EXTENSIONS, Plan, encode_many, list_image_folder, probe_many
 from fashion_lake.lake import (
     INGEST_KEY,
+    check_reachable,
     check_secrets,
     is_local,
     lake_format,
@@ -311,6 +313,7 @@ def _check_destination(
     import deeplake
 
     if not is_local(dest):
+        check_reachable(dest, creds)
         if deeplake.exists(dest, **storage_args(creds, token)):
             state = open_lake(dest, creds, token, check_complete=False).metadata
             if not overwrite and (INGEST_KEY not in state or state[INGEST_KEY] == "complete"):
@@ -351,13 +354,13 @@ def _clear_destination(
     return None
 
 
-PARTIAL = ".partial-"  # a partial's name: .{dest name}.partial-{random}-{pid}@{host}
+PARTIAL = ".partial-"  # a partial's name: .{dest name}.partial-{random}-{pid}-{host} (Deep Lake reads "@")
 
 
 def _partial(final: Path) -> str:
     """A hidden sibling of ``final`` to write into, renamed into place once complete. Its name
     records the writing process, so a later ingest can tell a killed one's leftover from a live one."""
-    owner = f"{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+    owner = f"{uuid.uuid4().hex[:8]}-{os.getpid()}-{socket.gethostname()}"
     return str(final.parent / f".{final.name}{PARTIAL}{owner}")
 
 
@@ -378,8 +381,7 @@ def _remove_leftovers(final: Path) -> list[Path]:
     """
     removed = []
     for path in final.parent.glob(f".{glob.escape(final.name)}{PARTIAL}*"):
-        owner = path.name.rsplit(PARTIAL, 1)[1]
-        pid, _, host = owner.partition("-")[2].partition("@")
+        _, pid, host = (path.name.rsplit(PARTIAL, 1)[1].split("-", 2) + ["", ""])[:3]
         if not path.is_dir() or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
@@ -614,7 +616,15 @@ def image_folder(
     workers = _available_cores() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise IngestError(f"workers must be 0 (this process) or more, not {workers!r}.")
-    files, classes = list_image_folder(root)
+    files, classes, ignored = list_image_folder(root)
+    if ignored:
+        kinds = Counter(Path(path).suffix.lower() or Path(path).name for path in ignored)
+        listed = ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common())
+        print(
+            f"fashion_lake.ingest: ignoring {len(ignored)} file(s) whose type is not read ({listed}); "
+            f"image types read: {', '.join(IMG_EXTENSIONS)} (listed in the dataset's metadata).",
+            file=sys.stderr,
+        )
     _check_destination(dest, overwrite, creds, token, sources=[root])  # before reading every file
     tally = _Tally(Path(root).expanduser(), skip_unreadable)
     workers = min(workers, -(-len(files) // ENCODE_FILES))  # no idle processes for a small folder
@@ -646,7 +656,8 @@ def image_folder(
                 "kind": "image-folder", "root": str(tally.root), "rows": rows, "mode": mode,
                 "compression": compression, "image_size": _size_record(size),
                 "kept": tally.kept, "reencoded": tally.reencoded, "skipped": tally.skipped,
-                "skipped_files": tally.skipped_files,
+                "skipped_files": tally.skipped_files, "ignored": len(ignored),
+                "ignored_files": ignored[:SKIPPED_FILES_LISTED],
             }  # fmt: skip
 
         batches = _encoded_batches(pool, workers, files, plan, tally)
@@ -712,10 +723,14 @@ def convert(
 
 
 def main(args: list[str] | None = None) -> None:
-    from jsonargparse import CLI
+    from jsonargparse import CLI, ArgumentParser
+
+    class Parser(OneLineErrors, ArgumentParser):
+        program = "fashion_lake.ingest"
 
     commands = [fashion_mnist, image_folder, convert]
-    version = run_command("fashion_lake.ingest", lambda: CLI(commands, args=args))
+    prog = "python -m fashion_lake.ingest"
+    version = run_command(prog.split()[-1], lambda: CLI(commands, args=args, parser_class=Parser, prog=prog))
     print(f"committed version {version}")
 
 

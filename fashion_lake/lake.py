@@ -8,11 +8,13 @@ columns, classes and image layout once, up front; ``reader.py`` reads the rows.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -27,8 +29,16 @@ ENV_REFERENCE = "env:"
 # Credential keys that name things rather than prove identity; any other key is a secret.
 PUBLIC_CREDS = {
     "endpoint_url", "aws_region", "region", "profile_name", "aws_access_key_id",
-    "account_name", "client_id", "tenant_id", "creds_key", "project",
+    "account_name", "client_id", "tenant_id", "creds_key", "project", "connect_timeout",
 }  # fmt: skip
+# Seconds to wait for a storage endpoint to accept a connection (``creds.connect_timeout``): Deep
+# Lake retries an unreachable one for 40 s and more per call before it gives up.
+CONNECT_TIMEOUT = 10.0
+# Where remote URLs connect when no ``endpoint_url`` is given.
+DEFAULT_ENDPOINTS = {"s3://": ("s3.amazonaws.com", 443), "gcs://": ("storage.googleapis.com", 443),
+                     "gs://": ("storage.googleapis.com", 443)}  # fmt: skip
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_reached: set[tuple[str, int]] = set()
 
 
 def check_secrets(creds: dict[str, str] | None, token: str | None = None, flag: str = "--data.") -> None:
@@ -79,8 +89,50 @@ def _resolve(key: str, value: str) -> str:
 
 def storage_args(creds: dict[str, str] | None, token: str | None = None) -> dict[str, Any]:
     """``creds`` and ``token`` for Deep Lake, with ``env:NAME`` references resolved."""
-    resolved = {key: _resolve(f"creds.{key}", str(value)) for key, value in (creds or {}).items()}
+    resolved = {
+        key: _resolve(f"creds.{key}", str(value))
+        for key, value in (creds or {}).items()
+        if key != "connect_timeout"  # ours (check_reachable), not Deep Lake's
+    }
     return {"creds": resolved, "token": None if token is None else _resolve("token", token)}
+
+
+def _endpoint(url: str, creds: dict[str, str] | None) -> tuple[str, int] | None:
+    """The host and port that ``url``'s storage connects to, where known."""
+    endpoint = (creds or {}).get("endpoint_url")
+    if endpoint:
+        parsed = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if parsed.hostname:
+            return parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+        return None
+    return next((where for scheme, where in DEFAULT_ENDPOINTS.items() if url.startswith(scheme)), None)
+
+
+def check_reachable(url: str, creds: dict[str, str] | None) -> None:
+    """Refuse, within ``creds.connect_timeout`` seconds, a remote dataset whose storage endpoint
+    accepts no connection, rather than wait out Deep Lake's retries. Behind a proxy (``*_PROXY``
+    variables) the endpoint is not contacted directly, so it is not checked."""
+    if is_local(url) or url.startswith("mem://") or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return
+    where = _endpoint(url, creds)
+    if where is None or where in _reached:
+        return
+    raw = (creds or {}).get("connect_timeout", CONNECT_TIMEOUT)
+    try:
+        timeout = float(raw)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise ConfigError(f"creds.connect_timeout must be a number of seconds above 0, not {raw!r}.")
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except OSError as e:
+        raise DatasetError(
+            f"cannot reach the storage of {url!r} at {where[0]}:{where[1]} within {timeout:g} s "
+            f"({brief(e) or type(e).__name__}); check creds.endpoint_url and the network, or allow "
+            "longer with creds.connect_timeout (seconds)."
+        ) from None
+    _reached.add(where)
 
 
 def is_local(url: str) -> bool:
@@ -107,6 +159,7 @@ def lake_format(url: str, creds: dict[str, str] | None = None, token: str | None
 
     if url.startswith("hub://"):
         return "v3"
+    check_reachable(url, creds)
     args = storage_args(creds, token)
     if deeplake.exists(url, **args):
         return "v4"
@@ -143,6 +196,7 @@ def open_lake(
     """
     import deeplake
 
+    check_reachable(url, creds)
     args = storage_args(creds, token)
     try:
         if url.startswith("hub://"):

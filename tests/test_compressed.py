@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fashion_lake import DeepLakeDataModule
-from fashion_lake.errors import DatasetError
+from fashion_lake.errors import ConfigError, DatasetError
 from fashion_lake.ingest import read_idx
 from fashion_lake.sampler import DistContext
 
@@ -115,12 +115,12 @@ def test_device_decode_matches_host_decode(codec_lakes: dict) -> None:
 
 
 def test_unknown_decode_place_is_refused(codec_lakes: dict) -> None:
-    with pytest.raises(DatasetError, match="data.decode must be auto, host or device, not 'gpu'"):
+    with pytest.raises(ConfigError, match="data.decode must be auto, host or device, not 'gpu'"):
         _module(codec_lakes["jpeg"], batch_size=16, decode="gpu")
 
 
 def test_device_decode_of_png_is_refused(codec_lakes: dict) -> None:
-    with pytest.raises(DatasetError, match="decode device decodes jpeg only.*holds png images"):
+    with pytest.raises(ConfigError, match="decode device decodes jpeg only.*holds png images"):
         _module(codec_lakes["png"], batch_size=16, decode="device").setup("validate")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fashion_lake import DeepLakeDataModule
-from fashion_lake.errors import DatasetError
+from fashion_lake.errors import ConfigError, DatasetError
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
 from fashion_lake.reader import BlockCache
 from fashion_lake.sampler import DistContext
@@ -171,11 +171,11 @@ def test_val_classes_must_match_train(make_lake: MakeLake, tiny_lakes: dict[str,
 
 
 def test_bad_batch_settings() -> None:
-    with pytest.raises(ValueError, match="batch_size >= 1"):
+    with pytest.raises(ConfigError, match=r"data.batch_size must be 1 or more \(rows per step"):
         DeepLakeDataModule(batch_size=0)
     dm = DeepLakeDataModule(global_batch_size=10)
     dm.dist = DistContext(0, 3)
-    with pytest.raises(DatasetError, match="does not divide evenly"):
+    with pytest.raises(ConfigError, match="does not divide evenly"):
         _ = dm.per_device_batch_size
 
 
@@ -330,7 +330,7 @@ def test_skipped_rows_are_logged(corrupt_lake: str, tmp_path: Path) -> None:
     ],
 )
 def test_secrets_by_value_are_refused(creds: dict | None, token: str | None, message: str) -> None:
-    with pytest.raises(DatasetError, match=message) as caught:
+    with pytest.raises(ConfigError, match=message) as caught:
         DeepLakeDataModule(creds=creds, token=token)
     assert "abc" not in str(caught.value)
 
@@ -341,7 +341,7 @@ def test_secret_references_resolve_from_the_environment(monkeypatch: pytest.Monk
     creds = {"endpoint_url": "http://127.0.0.1:9", "aws_secret_access_key": "env:FL_SECRET"}
     DeepLakeDataModule(creds=creds, token="env:FL_TOKEN")  # references are accepted as given
     monkeypatch.setenv("FL_SECRET", "s3cr3t")
-    with pytest.raises(DatasetError, match="environment variable FL_TOKEN, which is not set"):
+    with pytest.raises(ConfigError, match="environment variable FL_TOKEN, which is not set"):
         storage_args(creds, "env:FL_TOKEN")
     monkeypatch.setenv("FL_TOKEN", "t0k3n")
     assert storage_args(creds, "env:FL_TOKEN") == {
@@ -392,12 +392,12 @@ def test_training_position_survives_a_checkpoint(
 
 
 def test_batch_augmentations_need_the_batch_pipeline() -> None:
-    with pytest.raises(DatasetError, match="data.flip, data.erasing work on the whole-batch pipeline"):
+    with pytest.raises(ConfigError, match="data.flip, data.erasing work on the whole-batch pipeline"):
         DeepLakeDataModule(flip=True, erasing=0.5, train_transform={"images": SeedTransform(train=True)})
 
 
 def test_skip_corrupt_needs_the_batch_pipeline(corrupt_lake: str) -> None:
-    with pytest.raises(DatasetError, match="skip_corrupt works on the whole-batch pipeline only"):
+    with pytest.raises(ConfigError, match="skip_corrupt works on the whole-batch pipeline only"):
         DeepLakeDataModule(
             train_url=corrupt_lake, skip_corrupt=True, train_transform={"images": SeedTransform()}
         )
@@ -425,7 +425,7 @@ def test_a_trainer_that_would_add_a_distributed_sampler_is_refused(tiny_lakes: d
 
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=8)
     dm.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
-    with pytest.raises(DatasetError, match="--trainer.use_distributed_sampler false"):
+    with pytest.raises(ConfigError, match="--trainer.use_distributed_sampler false"):
         dm.setup("fit")
     dm.trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", logger=False, use_distributed_sampler=False

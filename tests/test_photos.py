@@ -17,7 +17,7 @@ from fashion_lake import DeepLakeDataModule
 from fashion_lake.cli import cli_main
 from fashion_lake.crops import EVAL_CROP, Crops
 from fashion_lake.data import IMAGENET_STATS
-from fashion_lake.errors import DatasetError
+from fashion_lake.errors import ConfigError, DatasetError
 from fashion_lake.loader import LakeLoader
 from fashion_lake.sampler import DistContext
 
@@ -162,7 +162,7 @@ def test_crop_boxes_follow_random_resized_crop() -> None:
     assert crops.box(300, 400, True, 0, 7) == boxes[7] != crops.box(300, 400, True, 1, 7)
     # the centre crop covers the shorter side's middle EVAL_CROP share, in the output's aspect
     assert crops.box(300, 400, train=False) == pytest.approx((18.75, 68.75, 262.5, 262.5))
-    with pytest.raises(DatasetError, match="image_size"):
+    with pytest.raises(ConfigError, match="image_size"):
         module("unused", image_size=0)
 
 
@@ -202,12 +202,12 @@ def test_normalize_per_channel(photo_lakes: dict[str, str]) -> None:
     out = dm.prepare_batch(batch, train=False)["images"]
     mean, std = (torch.tensor(v)[:, None, None] for v in IMAGENET_STATS)
     torch.testing.assert_close(out, (batch["images"].float() / 255 - mean) / std)
-    with pytest.raises(DatasetError, match="normalize mean has 2 values, but the images have 3 channel"):
+    with pytest.raises(ConfigError, match="normalize mean has 2 values, but the images have 3 channel"):
         module(photo_lakes["png"], image_size=8, normalize=([0.5, 0.5], 0.5)).setup("validate")
 
 
 def test_device_decode_refused_with_image_size(photo_lakes: dict[str, str]) -> None:
-    with pytest.raises(DatasetError, match="data.decode device decodes whole batches of one size"):
+    with pytest.raises(ConfigError, match="data.decode device decodes whole batches of one size"):
         module(photo_lakes["jpeg"], image_size=8, decode="device").setup("validate")
 
 

@@ -1,0 +1,33 @@
+"""Checking a checkpoint file before Lightning or torch reads it."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from fashion_lake.errors import CheckpointError
+
+HINT = "pass a .ckpt file written by `fit` (runs/NAME/version_N/checkpoints/last.ckpt), or --ckpt_path last"
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a whole checkpoint file, else a ``CheckpointError`` naming it.
+
+    ``torch.save`` writes a zip archive: a truncated copy (an interrupted download or rsync, a
+    full disk) loses the archive's directory at its end, and a bit flip fails a member's CRC.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; {HINT}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or not a checkpoint ({' '.join(str(e).split())}); {HINT}."
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt (its part {bad!r} fails its checksum); {HINT}."
+        )
+    return path
