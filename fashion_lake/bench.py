@@ -473,7 +473,9 @@ def cli(args: list[str] | None = None) -> None:
         program = "fashion_lake.bench"
 
     prog = "python -m fashion_lake.bench"
-    run_command(prog.split()[-1], lambda: CLI(main, args=args, as_positional=False, parser_class=Parser, prog=prog))
+    run_command(
+        prog.split()[-1], lambda: CLI(main, args=args, as_positional=False, parser_class=Parser, prog=prog)
+    )
 
 
 if __name__ == "__main__":
