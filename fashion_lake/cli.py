@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from fashion_lake.checkpoint import check_checkpoint
 from fashion_lake.data import DeepLakeDataModule
@@ -24,9 +24,11 @@ class FashionLakeCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.num_channels", "model.in_channels", apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        ckpt = config.get("ckpt_path")
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then check a ``ckpt_path`` file before LightningCLI reads its hyperparameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt):
             check_checkpoint(ckpt)
 

@@ -90,6 +90,46 @@ def tiny_lakes(tiny_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return lakes
 
 
+MakeLake = Callable[..., str]
+
+
+def write_small_lake(
+    url: str,
+    rows: int = 10,
+    image_column: str = "images",
+    labels: list[int] | None = None,
+    class_names: list[str] | None = ("a", "b", "c"),
+    dtype: str = "uint8",
+) -> str:
+    """A small lake of 4x4 grey images with chosen columns, labels, class names and pixel type."""
+    import deeplake
+
+    ds = deeplake.create(url)
+    if dtype == "uint8":
+        ds.add_column(image_column, deeplake.types.Image(dtype="uint8", sample_compression="null"))
+    else:  # an array column: what a user writes from floats with plain deeplake
+        ds.add_column(image_column, deeplake.types.Array(dtype, dimensions=3))
+    ds.add_column("labels", deeplake.types.ClassLabel("int32"))
+    if class_names is not None:
+        ds["labels"].metadata["class_names"] = list(class_names)
+    if rows:
+        labels = labels if labels is not None else [i % 3 for i in range(rows)]
+        images = np.full((rows, 4, 4, 1), 0.5 if dtype != "uint8" else 128, dtype)
+        ds.append({image_column: images, "labels": np.array(labels, np.int32)})
+    ds.commit()
+    return url
+
+
+@pytest.fixture
+def make_lake(tmp_path: Path) -> MakeLake:
+    """Write a small lake (``write_small_lake``) under tmp_path; return its path."""
+
+    def make(**options: object) -> str:
+        return write_small_lake(str(tmp_path / f"lake-{len(list(tmp_path.iterdir()))}"), **options)
+
+    return make
+
+
 @pytest.fixture
 def run_config(tmp_path: Path) -> Path:
     """A test overlay: logs under tmp_path, no progress bar."""

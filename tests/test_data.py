@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import deeplake
 import numpy as np
@@ -15,35 +16,8 @@ from fashion_lake.reader import BlockCache
 from fashion_lake.sampler import DistContext
 from fashion_lake.transforms import SeedTransform
 
-MakeLake = Callable[..., str]
-
-
-@pytest.fixture
-def make_lake(tmp_path: Path) -> MakeLake:
-    """Write a small lake with chosen columns, labels and class names; return its path."""
-
-    def make(
-        rows: int = 10,
-        image_column: str = "images",
-        labels: list[int] | None = None,
-        class_names: list[str] | None = ("a", "b", "c"),
-    ) -> str:
-        url = str(tmp_path / f"lake-{len(list(tmp_path.iterdir()))}")
-        ds = deeplake.create(url)
-        ds.add_column(image_column, deeplake.types.Image(dtype="uint8", sample_compression="null"))
-        ds.add_column("labels", deeplake.types.ClassLabel("int32"))
-        if class_names is not None:
-            ds["labels"].metadata["class_names"] = list(class_names)
-        if rows:
-            labels = labels if labels is not None else [i % 3 for i in range(rows)]
-            ds.append(
-                {image_column: np.zeros((rows, 4, 4, 1), np.uint8), "labels": np.array(labels, np.int32)}
-            )
-        ds.commit()
-        return url
-
-    return make
-
+if TYPE_CHECKING:
+    from conftest import MakeLake
 
 def test_standalone_notebook_flow(tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16)
