@@ -110,6 +110,16 @@ def test_prepare_data_builds_missing_lakes_from_raw_dir(tiny_raw_dir: Path, tmp_
     assert len(dm.datasets["train"]) == 120 and len(dm.datasets["val"]) == 50
 
 
+def test_a_missing_lake_beside_existing_ones_is_a_typo_not_a_build(
+    tiny_lakes: dict[str, str], tiny_raw_dir: Path, tmp_path: Path
+) -> None:
+    typo = tmp_path / "fashion-tset"
+    dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=str(typo), raw_dir=str(tiny_raw_dir))
+    with pytest.raises(DatasetError, match=r"at .*fashion-tset' \(data.val_url\); check the URL"):
+        dm.prepare_data()
+    assert not typo.exists()
+
+
 def test_missing_columns_are_listed(make_lake: MakeLake) -> None:
     url = make_lake(image_column="pixels")
     dm = DeepLakeDataModule(train_url=url, val_url=url)

@@ -402,3 +402,47 @@ def test_folder_module_imports_no_torch() -> None:
     assert not {"torch", "torchvision", "pytorch_lightning", "deeplake", "tqdm"} & set(
         imported.stdout.split()
     )
+
+
+def test_a_killed_ingests_leftover_is_removed_by_the_next_success(tiny_raw_dir: Path, tmp_path: Path) -> None:
+    """A SIGKILLed ingest cannot clean up: its partial copy stays until an ingest of the same
+    destination succeeds. A partial whose writer still runs, or that another machine writes, stays."""
+    dest = tmp_path / "lake"
+    kill = (
+        "import os, signal, deeplake; from pathlib import Path; from fashion_lake.ingest import _partial; "
+        f"deeplake.create(_partial(Path({str(dest)!r}))).commit(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    killed = subprocess.run([sys.executable, "-c", kill], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    [leftover] = tmp_path.glob(".lake.partial-*")
+    live = Path(ingest._partial(dest))  # this process's: alive
+    live.mkdir()
+    elsewhere = tmp_path / f".lake{ingest.PARTIAL}0123abcd-{killed.returncode + 10}-another-host"
+    elsewhere.mkdir()
+    fashion_mnist(dest=str(dest), raw_dir=str(tiny_raw_dir), split="test")
+    assert not leftover.exists() and live.is_dir() and elsewhere.is_dir()
+    assert len(open_lake(str(dest))) == 50
+
+
+def test_files_of_other_types_are_counted_not_dropped_silently(
+    photo_folder: PhotoFolder, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    Image.new("P", (8, 8)).save(photo_folder.root / "bag" / "anim.gif")
+    (photo_folder.root / "coat" / "notes.txt").write_text("shot in the garden\n")
+    ds = _ingest(photo_folder, tmp_path / "lake")
+    assert len(ds) == len(photo_folder.files)
+    err = capsys.readouterr().err
+    assert re.search(r"ingest: ignoring 2 file\(s\) whose type is not read \(.gif x1, .txt x1\)", err)
+    source = ds.metadata["source"]
+    assert source["ignored"] == 2 and sorted(source["ignored_files"]) == ["bag/anim.gif", "coat/notes.txt"]
+
+
+def test_overwrite_replaces_a_dataset_but_never_its_source(photo_folder: PhotoFolder, tmp_path: Path) -> None:
+    before = sorted(photo_folder.root.rglob("*"))
+    with pytest.raises(IngestError, match="overlaps the source"):
+        image_folder(root=str(photo_folder.root), dest=str(photo_folder.root), overwrite=True, workers=0)
+    assert sorted(photo_folder.root.rglob("*")) == before
+    dest = tmp_path / "lake"
+    _ingest(photo_folder, dest)
+    photo_folder.add("bag", "extra.png", "L", (8, 8))
+    assert len(_ingest(photo_folder, dest, overwrite=True)) == len(photo_folder.files)
