@@ -27,6 +27,7 @@ from fashion_lake.errors import ConfigError, DatasetError, IngestError
 from fashion_lake.handoff import ring_slots
 from fashion_lake.lake import (
     V3_NOTICE,
+    Creds,
     LakeInfo,
     LakeSource,
     check_secrets,
@@ -162,6 +163,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             Secrets only by reference, ``env:NAME`` naming an environment variable (e.g.
             ``aws_secret_access_key: env:AWS_SECRET_ACCESS_KEY``), so that no saved config,
             checkpoint or log holds them; left out, Deep Lake reads the standard variables.
+            ``connect_timeout`` (seconds, default 10) bounds the wait for a remote storage
+            endpoint to accept a connection before it is reported unreachable.
         token: Activeloop token for ``al://`` and ``hub://`` datasets, by reference
             (``env:ACTIVELOOP_TOKEN``).
     """
@@ -199,7 +202,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         use_latest_version: bool = False,
         decode: Literal["auto", "host", "device"] = "auto",
         skip_corrupt: bool = False,
-        creds: dict[str, str] | None = None,
+        creds: Creds | None = None,
         token: str | None = None,
     ) -> None:
         super().__init__()

@@ -45,6 +45,7 @@ from fashion_lake.errors import IngestError, OneLineErrors, run_command
 from fashion_lake.folder import FORMATS, IMG_EXTENSIONS, Plan, encode_many, list_image_folder, probe_many
 from fashion_lake.lake import (
     INGEST_KEY,
+    Creds,
     check_reachable,
     check_secrets,
     is_local,
@@ -238,7 +239,7 @@ def write_lake(
     total: int,
     compression: str = "null",
     overwrite: bool = False,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
 ) -> str:
     """Append ``batches`` to a new dataset at ``dest`` atomically and return the committed version.
@@ -300,7 +301,7 @@ def _overlaps(dest: Path, source: str | Path) -> bool:
 def _check_destination(
     dest: str,
     overwrite: bool,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
     sources: Sequence[str | Path] = (),
 ) -> Path | None:
@@ -338,7 +339,7 @@ def _check_destination(
 
 
 def _clear_destination(
-    dest: str, overwrite: bool, creds: dict[str, str] | None, token: str | None
+    dest: str, overwrite: bool, creds: Creds | None, token: str | None
 ) -> Path | None:
     """``_check_destination``, then make room: a local destination's parent folder is created;
     a remote dataset that may be replaced (``overwrite``, or an unfinished ingest of ours) is
@@ -532,7 +533,7 @@ def fashion_mnist(
     download: bool = False,
     compression: Literal["null", "png", "jpeg"] = "null",
     overwrite: bool = False,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
 ) -> str:
     """Ingest a Fashion-MNIST split from the four IDX .gz files.
@@ -580,7 +581,7 @@ def image_folder(
     skip_unreadable: bool = False,
     workers: int | None = None,
     overwrite: bool = False,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
 ) -> str:
     """Ingest a torchvision ImageFolder tree, root/<class_name>/<image>, streaming it file by file.
@@ -668,7 +669,7 @@ def convert(
     src: str,
     dest: str,
     overwrite: bool = False,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
 ) -> str:
     """Convert a Deep Lake 3 dataset (e.g. the tutorial's hub://activeloop/...) to a native 4.x copy.

@@ -25,6 +25,8 @@ ROW_ID = "fashion_lake_row"
 REMOTE_SCHEMES = ("s3://", "gcs://", "gs://", "azure://", "az://", "al://", "hub://", "https://")
 
 
+# Storage credentials and settings: strings, or numbers such as ``connect_timeout: 30``.
+Creds = dict[str, str | int | float]
 ENV_REFERENCE = "env:"
 # Credential keys that name things rather than prove identity; any other key is a secret.
 PUBLIC_CREDS = {
@@ -41,7 +43,7 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 _reached: set[tuple[str, int]] = set()
 
 
-def check_secrets(creds: dict[str, str] | None, token: str | None = None, flag: str = "--data.") -> None:
+def check_secrets(creds: Creds | None, token: str | None = None, flag: str = "--data.") -> None:
     """Refuse secrets given by value: the config, checkpoints and logs would keep them.
 
     Secrets are named by reference instead, ``env:NAME`` for the environment variable NAME,
@@ -87,7 +89,7 @@ def _resolve(key: str, value: str) -> str:
     return os.environ[name]
 
 
-def storage_args(creds: dict[str, str] | None, token: str | None = None) -> dict[str, Any]:
+def storage_args(creds: Creds | None, token: str | None = None) -> dict[str, Any]:
     """``creds`` and ``token`` for Deep Lake, with ``env:NAME`` references resolved."""
     resolved = {
         key: _resolve(f"creds.{key}", str(value))
@@ -97,7 +99,7 @@ def storage_args(creds: dict[str, str] | None, token: str | None = None) -> dict
     return {"creds": resolved, "token": None if token is None else _resolve("token", token)}
 
 
-def _endpoint(url: str, creds: dict[str, str] | None) -> tuple[str, int] | None:
+def _endpoint(url: str, creds: Creds | None) -> tuple[str, int] | None:
     """The host and port that ``url``'s storage connects to, where known."""
     endpoint = (creds or {}).get("endpoint_url")
     if endpoint:
@@ -108,7 +110,7 @@ def _endpoint(url: str, creds: dict[str, str] | None) -> tuple[str, int] | None:
     return next((where for scheme, where in DEFAULT_ENDPOINTS.items() if url.startswith(scheme)), None)
 
 
-def check_reachable(url: str, creds: dict[str, str] | None) -> None:
+def check_reachable(url: str, creds: Creds | None) -> None:
     """Refuse, within ``creds.connect_timeout`` seconds, a remote dataset whose storage endpoint
     accepts no connection, rather than wait out Deep Lake's retries. Behind a proxy (``*_PROXY``
     variables) the endpoint is not contacted directly, so it is not checked."""
@@ -150,7 +152,7 @@ def _query_v3(url: str, args: dict[str, Any]) -> Any:
     return deeplake.query(f'SELECT * FROM "{url}"', **args)
 
 
-def lake_format(url: str, creds: dict[str, str] | None = None, token: str | None = None) -> str | None:
+def lake_format(url: str, creds: Creds | None = None, token: str | None = None) -> str | None:
     """``"v4"``, ``"v3"`` (a Deep Lake 3 dataset, read through a query) or None: nothing there.
 
     ``hub://`` URLs name Deep Lake 3 datasets and are not contacted here.
@@ -185,7 +187,7 @@ V3_NOTICE = (
 
 def open_lake(
     url: str,
-    creds: dict[str, str] | None = None,
+    creds: Creds | None = None,
     token: str | None = None,
     check_complete: bool = True,
 ) -> Any:
@@ -325,7 +327,7 @@ class LakeSource:
     """Where a dataset lives; cheap to pickle into DataLoader workers."""
 
     url: str
-    creds: dict[str, str] | None = field(default=None, repr=False)
+    creds: Creds | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     query: str | None = None
     version: str | None = None  # a Deep Lake commit id; None: the latest
