@@ -229,9 +229,12 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
         self.normalize = IMAGENET_STATS if normalize == "imagenet" else tuple(normalize)
-        self.batch_transform = BatchTransform(
-            rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
-        )
+        try:
+            self.batch_transform = BatchTransform(
+                rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
+            )
+        except ValueError as e:  # the ranges above are checked: what is left is a std of 0
+            raise ConfigError(f"data.normalize: {e}; every std must be above 0.") from None
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
         self.channels = channels

@@ -33,7 +33,7 @@ class IngestError(FashionLakeError):
 
 
 class CheckpointError(FashionLakeError):
-    """A checkpoint that is missing, truncated or was not written by ``fashion_lake``."""
+    """A checkpoint that is missing, truncated, not a checkpoint, or cannot resume this run."""
 
 
 def debugging() -> bool:

@@ -100,12 +100,20 @@ def storage_args(creds: Creds | None, token: str | None = None) -> dict[str, Any
 
 
 def _endpoint(url: str, creds: Creds | None) -> tuple[str, int] | None:
-    """The host and port that ``url``'s storage connects to, where known."""
-    endpoint = (creds or {}).get("endpoint_url")
+    """The host and port that ``url``'s storage connects to, where known: ``creds.endpoint_url``,
+    else the standard variables (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``,
+    ``STORAGE_EMULATOR_HOST``), else the S3 or GCS default, except where an AWS profile (which
+    may name its own endpoint) is in play."""
+    creds = creds or {}
+    s3, gcs = url.startswith("s3://"), url.startswith(("gcs://", "gs://"))
+    names = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if s3 else ("STORAGE_EMULATOR_HOST",) if gcs else ()
+    endpoint = str(creds.get("endpoint_url") or next((os.environ[n] for n in names if os.environ.get(n)), ""))
     if endpoint:
         parsed = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         if parsed.hostname:
             return parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+        return None
+    if s3 and ("profile_name" in creds or os.environ.get("AWS_PROFILE")):
         return None
     return next((where for scheme, where in DEFAULT_ENDPOINTS.items() if url.startswith(scheme)), None)
 

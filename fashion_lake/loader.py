@@ -20,7 +20,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fashion_lake.errors import DatasetError
+from fashion_lake.errors import CheckpointError
 from fashion_lake.handoff import HostBatch, ring_slots
 from fashion_lake.sampler import GroupedBatches, ShardedBatchSampler
 
@@ -107,7 +107,7 @@ class LakeLoader(StatefulDataLoader):
         order = sampler.order_key()
         changed = {k: (v, order.get(k)) for k, v in state_dict["order"].items() if order.get(k) != v}
         if changed:
-            raise DatasetError(
+            raise CheckpointError(
                 "the checkpoint stopped mid-epoch in a training order that no longer applies "
                 f"(checkpoint vs now: {changed}); resume with the same data version and data.seed / "
                 "block_size / shuffle_window / drop_last, or from a checkpoint saved at an epoch end."

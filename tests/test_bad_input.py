@@ -187,6 +187,12 @@ CASES: list[tuple[str, str, Argv, str]] = [
         r"normalize mean has 3 values, but the images have 1 channel",
     ),
     (
+        "normalize_std_0",
+        "fashion_lake",
+        fit("--data.normalize", "[0.5, 0]"),
+        r"data.normalize: .*every std must be above 0",
+    ),
+    (
         "flip_with_transform",
         "fashion_lake",
         fit(

@@ -91,8 +91,8 @@ def test_missing_checkpoint_is_one_clear_error(cli_args: list[str], capsys: pyte
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "fashion_lake: error: checkpoint 'runs/nope/last.ckpt' does not exist; pass the path of a .ckpt "
-        "file written by `fit` (e.g. runs/fashion/version_0/checkpoints/last.ckpt) or --ckpt_path last."
+        "fashion_lake: error: checkpoint 'runs/nope/last.ckpt' does not exist; pass a .ckpt file written by "
+        "`fit` (runs/NAME/version_N/checkpoints/last.ckpt), or --ckpt_path last."
     ]
 
 

@@ -142,12 +142,12 @@ def test_an_epoch_cut_short_does_not_shorten_the_next() -> None:
 
 
 def test_a_changed_order_is_refused() -> None:
-    from fashion_lake.errors import DatasetError
+    from fashion_lake.errors import CheckpointError
 
     _, states = _run(1, 10, steps=2)
     other = LakeLoader(RowIds(), batch_sampler=make_batch_sampler(
         ROWS, 10, DistContext(), shuffle=True, seed=SEED + 1, block_size=8, window=32))  # fmt: skip
-    with pytest.raises(DatasetError, match=r"training order that no longer applies.*'seed': \(5, 6\)"):
+    with pytest.raises(CheckpointError, match=r"training order that no longer applies.*'seed': \(5, 6\)"):
         other.load_state_dict(states[0])
 
 

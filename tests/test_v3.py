@@ -134,7 +134,8 @@ def test_a_folder_that_is_no_dataset_is_named(tmp_path: Path, capsys: pytest.Cap
               "--data.val_url", str(folder), "--data.raw_dir", str(tmp_path)])  # fmt: skip
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"fashion_lake: error: {str(folder)!r} exists but is not a Deep Lake dataset"), err
+    named = f"fashion_lake: error: {str(folder)!r} (data.train_url) exists but is not a Deep Lake dataset"
+    assert err.startswith(named), err
     assert [p.name for p in folder.iterdir()] == ["a.txt"]
 
 
