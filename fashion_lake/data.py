@@ -2,8 +2,9 @@
 
 The module owns distribution (see ``sampler.py``): it takes rank and world size from the
 Trainer, or from ``dm.dist`` when set by hand, so the Trainer runs with
-``use_distributed_sampler=False``. Batches leave the loader as uint8 and become normalised,
-augmented float tensors in ``on_after_batch_transfer``, on the accelerator when there is one.
+``use_distributed_sampler=False``. Batches leave the loader as uint8 and become augmented float
+tensors in [0, 1] in ``on_after_batch_transfer``, on the accelerator when there is one; the
+model normalises them (``data.normalize`` is linked to ``model.normalize``).
 """
 
 from __future__ import annotations
@@ -40,12 +41,10 @@ from fashion_lake.lake import (
 from fashion_lake.loader import LakeLoader
 from fashion_lake.reader import LakeDataset, total_memory
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
-from fashion_lake.transforms import BatchTransform, ColumnTransform
+from fashion_lake.transforms import IMAGENET_STATS, BatchTransform, ColumnTransform
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
 Stats = float | list[float]
-# torchvision's ImageNet statistics: what its pretrained weights (model.pretrained) were trained on
-IMAGENET_STATS: tuple[list[float], list[float]] = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 # Lightning stage -> the split whose loader feeds it
 STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
@@ -98,9 +97,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
             (``None``) is the fast whole-batch pipeline configured by ``rotation`` and ``normalize``.
         eval_transform: Per-column, per-sample transforms for val/test/predict rows.
         rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
-        normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1], each a
-            number or one per channel (``[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]``), or
-            ``imagenet`` for exactly those: the choice with ``model.pretrained`` on RGB images.
+        normalize: ``(mean, std)`` the model applies after scaling images to [0, 1] (linked to
+            ``model.normalize``), each a number or one per channel
+            (``[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]``), or ``imagenet`` for exactly
+            those: the choice with ``model.pretrained`` on RGB images.
         image_size: Crop and resize every image to ``N`` x ``N`` (or ``[H, W]``), so datasets
             of photos in many sizes train in batches: a random-resized crop for training (scale
             ``crop_scale`` of the area, aspect 3/4..4/3) and, for evaluation, the shorter side
@@ -115,7 +115,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         crop_padding: Whole-batch pipeline: pad each training image with this many zero pixels
             per side and crop it back at a random offset, as ``RandomCrop(28, padding)`` (0: off).
         erasing: Whole-batch pipeline: probability that a training image gets a random rectangle
-            set to 0 after normalising, as ``RandomErasing`` with its default sizes (0: off).
+            set to the normalisation mean (0 once normalised), as ``RandomErasing`` with its
+            default sizes (0: off).
         block_size: Rows read in one contiguous request and cached together.
         shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
             is closer to a uniform shuffle and holds more blocks in memory (per worker for raw
@@ -195,8 +196,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
         self.normalize = IMAGENET_STATS if normalize == "imagenet" else tuple(normalize)
+        # erased rectangles get the mean: 0 once the model has normalised (RandomErasing's value=0)
         self.batch_transform = BatchTransform(
-            rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
+            rotation, flip=flip, crop_padding=crop_padding, erasing=erasing, fill=self.normalize[0]
         )
         if channels not in (None, 1, 3):
             raise LakeError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
@@ -485,6 +487,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         dataset = self.datasets[split]
         train = split == "train"
+        # Lightning's overfit_batches promises the same batches every epoch; our shuffle is ours to fix
+        overfit = train and self.trainer is not None and bool(self.trainer.overfit_batches)
         sampler = make_batch_sampler(
             len(dataset),
             self.per_device_batch_size,
@@ -494,6 +498,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             drop_last=self.drop_last,
             block_size=self.block_size,
             window=self.shuffle_window,
+            frozen=overfit,
         )
         if train and len(sampler) == 0:
             raise LakeError(
@@ -537,7 +542,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return self._loader("predict")
 
     def prepare_batch(self, batch: dict, train: bool) -> dict:
-        """uint8 images -> normalised float (augmented when ``train``); float batches pass.
+        """uint8 images -> float in [0, 1] (augmented when ``train``); float batches pass.
+
+        Normalising is the model's, so that it takes what the loaders yield, also without this hook.
 
         Rotation angles come from ``batch['aug_seed']`` when present (see
         ``on_before_batch_transfer``), else from torch's global generator.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -13,13 +15,47 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import ResNet18_Weights, resnet18
 
-from fashion_lake.errors import FashionLakeError
+from fashion_lake.errors import ConfigError
+from fashion_lake.transforms import IMAGENET_STATS, _per_channel
 
 PRETRAINED_URL = ResNet18_Weights.IMAGENET1K_V1.url
 
 
-class ModelError(FashionLakeError):
+class ModelError(ConfigError):
     """The model cannot be built as configured; the message says why and what to do."""
+
+
+Stats = float | list[float]
+
+
+class Normalize(nn.Module):
+    """uint8 images (as loaders yield them) or float ones in [0, 1] -> ``(x - mean) / std``.
+
+    Part of the model rather than the data pipeline: the statistics are what the network's
+    weights expect (ImageNet's for pretrained backbones), so a checkpoint or an exported model
+    takes raw pixels. The buffers are not saved: checkpoints written before they existed load.
+    """
+
+    def __init__(self, mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> None:
+        super().__init__()
+        mean_t, std_t = _per_channel(mean), _per_channel(std)
+        if not bool((std_t > 0).all()):
+            raise ModelError(f"normalize std must be > 0, got {std}")
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+def resolve_normalize(normalize: tuple[Stats, Stats] | Literal["imagenet"]) -> tuple[Stats, Stats]:
+    """``"imagenet"`` -> ImageNet's (mean, std); a (mean, std) pair as it is."""
+    if normalize == "imagenet":
+        return IMAGENET_STATS
+    if isinstance(normalize, str) or len(normalize) != 2:
+        raise ModelError(f"normalize must be 'imagenet' or [mean, std], got {normalize!r}")
+    return (normalize[0], normalize[1])
 
 
 def _imagenet_state() -> dict[str, torch.Tensor]:
@@ -33,6 +69,7 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
         ) from e
 
 
+INPUT_SHAPE_KEY = "fashion_lake_input_shape"  # (C, H, W) of the training batches, in checkpoints
 Stem = Literal["imagenet", "small"]
 STEMS: tuple[str, ...] = ("imagenet", "small")
 
@@ -86,8 +123,11 @@ class FashionMnistModule(pl.LightningModule):
         pretrained: Start from ImageNet weights (downloads them once).
         optimizer: Any ``torch.optim`` optimizer, e.g.
             ``{class_path: torch.optim.SGD, init_args: {lr: 0.1}}``.
-        lr_schedule: ``one_cycle`` (warm up to the optimizer's lr, then anneal), ``cosine``
-            (anneal from it) or ``constant``; steps come from the Trainer's run length.
+        lr: Learning rate replacing the optimizer's (``null``: the optimizer's); what
+            ``LearningRateFinder`` sets.
+        lr_schedule: ``one_cycle`` (warm up to the learning rate, then anneal), ``cosine``
+            (anneal from it) or ``constant``; steps come from the Trainer's run length, refitted
+            when it changes (a resume with more epochs or another batch size, ``BatchSizeFinder``).
         label_smoothing: Cross-entropy label smoothing.
         stem: ``imagenet`` (the tutorial's 7x7 stride-2 conv and max-pool: 28x28 -> 7x7) or
             ``small`` (a 3x3 stride-1 conv, no max-pool: the blocks see 28x28, as in ResNets for
@@ -98,6 +138,9 @@ class FashionMnistModule(pl.LightningModule):
             same numbers up to floating-point rounding.
         compile: ``torch.compile`` the network: usually faster steps on a GPU, after compiling
             at the start (which counts in the training time); checkpoints are the same either way.
+        normalize: ``(mean, std)`` the model subtracts and divides by after scaling its uint8
+            input to [0, 1] (linked from ``data.normalize``): each a number or one per channel,
+            or ``imagenet``, what pretrained backbones expect.
     """
 
     def __init__(
@@ -107,17 +150,22 @@ class FashionMnistModule(pl.LightningModule):
         in_channels: int = 1,
         pretrained: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float | None = None,
         lr_schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle",
         label_smoothing: float = 0.0,
         stem: Stem = "imagenet",
         channels_last: bool = False,
         compile: bool = False,
+        normalize: tuple[Stats, Stats] | Literal["imagenet"] = (0.5, 0.5),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ModelError(f"{len(self.class_names)} class names for {num_classes} classes")
+        if lr is not None and lr <= 0:
+            raise ModelError(f"model.lr must be > 0 (or null: the optimizer's), got {lr}")
+        self.normalize = Normalize(*resolve_normalize(normalize))
         self.net = build_model(num_classes, in_channels, pretrained, stem)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -132,9 +180,12 @@ class FashionMnistModule(pl.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.confusion: dict[str, torch.Tensor] = {}  # last epoch's, for reports
+        self.input_shape: tuple[int, ...] | None = None  # (C, H, W) trained on, saved for export
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.contiguous(memory_format=self.memory_format))
+        """Logits of uint8 images as loaders yield them (or float ones in [0, 1]), ``(N, C, H, W)``."""
+        x = self.normalize(images)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _count_skipped(self, batch: dict, stage: str) -> None:
         if "skipped" in batch:  # corrupt rows the data module skipped (--data.skip_corrupt)
@@ -145,6 +196,7 @@ class FashionMnistModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch, "train")
         images, labels = batch["images"], batch["labels"].long()
+        self.input_shape = tuple(images.shape[1:])
         logits = self(images)
         if not len(labels):  # every row skipped as corrupt: a zero loss keeps DDP's gradients in step
             return logits.sum() * 0.0
@@ -188,21 +240,104 @@ class FashionMnistModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probabilities = self(batch["images"]).softmax(dim=1)
         probability, class_id = probabilities.max(dim=1)
-        return {
+        out = {
             "index": batch["index"],
             "class_id": class_id,
             "class_name": [self.class_names[i] for i in class_id.tolist()],
             "probability": probability,
         }
+        if "path" in batch:  # image files (data.predict_url naming a folder or file)
+            out["path"] = batch["path"]
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.input_shape is not None:  # what an exported program takes (fashion_lake.export)
+            checkpoint[INPUT_SHAPE_KEY] = list(self.input_shape)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if INPUT_SHAPE_KEY in checkpoint:
+            self.input_shape = tuple(checkpoint[INPUT_SHAPE_KEY])
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(self.parameters())
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self.hparams.lr_schedule == "constant":
+        if self.hparams.lr is not None:  # set by the user or by LearningRateFinder
+            for group in optimizer.param_groups:
+                group["lr"] = self.hparams.lr
+        total = self.trainer.estimated_stepping_batches
+        scheduler = make_scheduler(self.hparams.lr_schedule, optimizer, total)
+        if scheduler is None:
             return {"optimizer": optimizer}
-        if self.hparams.lr_schedule == "one_cycle":
-            peak = [group["lr"] for group in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=max(steps, 1))
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Fit the schedule to this run, now that its length and learning rate are final.
+
+        ``configure_optimizers`` ran before a checkpoint restored the old schedule (built for the
+        old run's length: a resume with more epochs or another global batch) and before tuners
+        (``BatchSizeFinder`` changes the length, ``LearningRateFinder`` the learning rate). The
+        schedule is rebuilt, when either differs, at the step the run is at.
+        """
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            total = self.trainer.estimated_stepping_batches
+            if schedule_fits(scheduler, total, self.hparams.lr):
+                continue
+            config.scheduler = make_scheduler(
+                self.hparams.lr_schedule, scheduler.optimizer, total, scheduler.last_epoch, self.hparams.lr
+            )
+
+
+def _schedule_length(total_steps: float, kind: str) -> int:
+    if not math.isfinite(total_steps):
+        raise ModelError(
+            f"model.lr_schedule {kind} spreads over the run's length, which is unknown (no max_epochs nor "
+            "max_steps); set --trainer.max_epochs or --trainer.max_steps (max_time may still stop it "
+            "earlier), or use --model.lr_schedule constant."
+        )
+    return max(int(total_steps), 1)
+
+
+def make_scheduler(
+    kind: str, optimizer: torch.optim.Optimizer, total_steps: float, done: int = 0, peak: float | None = None
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The ``kind`` schedule over ``total_steps`` optimizer steps, positioned after ``done`` of them.
+
+    ``peak`` replaces the learning rate the schedule starts from (cosine) or warms up to (one
+    cycle); by default the optimizer's, or the one an earlier schedule of this optimizer used.
+    """
+    if kind == "constant":
+        return None
+    if kind not in ("one_cycle", "cosine"):
+        raise ModelError(f"model.lr_schedule must be one_cycle, cosine or constant, got {kind!r}")
+    total = max(_schedule_length(total_steps, kind), done + 1)  # a schedule cannot end before its step
+    for group in optimizer.param_groups:
+        top = peak if peak is not None else group.get("max_lr", group.get("initial_lr", group["lr"]))
+        if done == 0:  # a fresh schedule sets its keys from ``lr``
+            for key in ("initial_lr", "max_lr", "min_lr"):
+                group.pop(key, None)
+            group["lr"] = top
+        elif kind == "one_cycle":  # OneCycleLR's defaults: div_factor 25, final_div_factor 1e4
+            group.update(max_lr=top, initial_lr=top / 25, min_lr=top / 25 / 1e4)
+        else:
+            group["initial_lr"] = top
+    # last_epoch = done - 1: the constructor's first step lands on step ``done``, in closed form
+    if kind == "one_cycle":
+        peaks = [group.get("max_lr", group["lr"]) for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=peaks, total_steps=total, last_epoch=done - 1
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, last_epoch=done - 1)
+
+
+def schedule_fits(scheduler: object, total_steps: float, peak: float | None) -> bool:
+    """Whether ``scheduler`` (one of ``make_scheduler``'s) spans ``total_steps`` and peaks at ``peak``."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        length, peaks = scheduler.total_steps, [g["max_lr"] for g in scheduler.optimizer.param_groups]
+    elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        length, peaks = scheduler.T_max, scheduler.base_lrs
+    else:
+        return True  # not ours (e.g. LearningRateFinder's own while it searches)
+    if not math.isfinite(total_steps):
+        return True  # configure_optimizers refused this already
+    same_length = length == max(int(total_steps), 1, scheduler.last_epoch)
+    return same_length and (peak is None or all(p == peak for p in peaks))
