@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
+from fashion_lake.files import ImageFiles, collate, image_files
 from fashion_lake.handoff import ring_slots
 from fashion_lake.lake import (
     V3_NOTICE,
@@ -75,7 +76,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
             ``azure://``, ``al://`` or ``hub://`` URL.
         val_url: Validation dataset.
         test_url: Test dataset (default: ``val_url``).
-        predict_url: Dataset to predict on (default: the test dataset).
+        predict_url: Dataset to predict on (default: the test dataset), or image files read in
+            place: a folder of them (searched recursively) or one file; ``predictions.csv`` then
+            names each file. They are brought to the model's channels and to ``image_size`` (a
+            centre crop) or else to the size the checkpoint was trained on.
         raw_dir: Folder with the Fashion-MNIST IDX files, used to build a missing local lake
             (default: ``$FASHION_LAKE_RAW_DIR``).
         download: Download the IDX files (torchvision's mirrors) to build a missing local lake
@@ -189,6 +193,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
             "test": test_url or val_url,
             "predict": predict_url or test_url or val_url,
         }
+        # predict_url naming image files (a folder or one file): read in place (files.py), not a lake
+        self.predict_files = image_files(predict_url)
+        if self.predict_files is not None:
+            self.urls["predict"] = self.urls["test"]  # the lake checked for classes in its stead
         self.raw_dir, self.download = raw_dir, download
         self.batch_size, self.global_batch_size = batch_size, global_batch_size
         self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
@@ -482,7 +490,19 @@ class DeepLakeDataModule(pl.LightningDataModule):
             group = max(1, min(GROUP_BATCHES, rows_fit, bytes_fit))
         return group, max(2, min(math.ceil(8 / group), (64 << 20) // (group * batch_bytes)))
 
+    def _files_loader(self) -> DataLoader:
+        """Batches of the image files ``predict_url`` names, at the size the model was trained on."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        shape = getattr(model, "input_shape", None)  # restored from the checkpoint before loaders exist
+        size = (int(shape[1]), int(shape[2])) if shape else None
+        dataset = ImageFiles(self.predict_files or [], self.num_channels, self.crops, size)
+        sampler = make_batch_sampler(len(dataset), self.per_device_batch_size, self.dist, shuffle=False)
+        workers = self.num_workers or 0
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+
     def _loader(self, split: str) -> DataLoader:
+        if split == "predict" and self.predict_files is not None:
+            return self._files_loader()
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         dataset = self.datasets[split]
