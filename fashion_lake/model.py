@@ -9,11 +9,12 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import torchvision
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights, get_model, get_model_weights, list_models, resnet18
 
 from fashion_lake.errors import ConfigError
 from fashion_lake.transforms import IMAGENET_STATS, _per_channel
@@ -58,15 +59,79 @@ def resolve_normalize(normalize: tuple[Stats, Stats] | Literal["imagenet"]) -> t
     return (normalize[0], normalize[1])
 
 
-def _imagenet_state() -> dict[str, torch.Tensor]:
+def _download_state(url: str, name: str) -> dict[str, torch.Tensor]:
     try:
-        return torch.hub.load_state_dict_from_url(PRETRAINED_URL, progress=False)
+        return torch.hub.load_state_dict_from_url(url, progress=False)
     except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
         raise ModelError(
-            f"could not download the ImageNet ResNet18 weights from {PRETRAINED_URL} ({e}). "
+            f"could not download the ImageNet {name} weights from {url} ({e}). "
             "Offline? Set --model.pretrained false, or put the file in "
             f"{torch.hub.get_dir()}/checkpoints/ on this machine."
         ) from e
+
+
+def _imagenet_state() -> dict[str, torch.Tensor]:
+    return _download_state(PRETRAINED_URL, "ResNet18")
+
+
+# Image sizes each torchvision family needs (smallest side, pixels; measured on torchvision 0.29):
+# 28 and up: resnet*, resnext*, wide_resnet*, regnet_*, mobilenet_*, efficientnet_*, mnasnet*,
+# shufflenet_*, swin_*; 32 and up: convnext_*, densenet*, vgg*; 64 and up: alexnet; exactly 224:
+# vit_* and maxvit_t (their position embeddings / windows are sized for it).
+UNSUPPORTED = {
+    "googlenet": "its auxiliary heads",
+    "inception_v3": "its auxiliary heads",
+    "squeezenet1_0": "its convolutional head",
+    "squeezenet1_1": "its convolutional head",
+}
+
+
+def weights_url(name: str) -> str:
+    """Where torchvision downloads ``name``'s default ImageNet weights from."""
+    return get_model_weights(name).DEFAULT.url
+
+
+def _replace(net: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, module)
+
+
+def build_backbone(name: str, num_classes: int, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+    """Any torchvision classification model by name (``torchvision.models.get_model``), with its
+    first convolution taking ``in_channels`` and its last linear layer ``num_classes`` outputs.
+
+    With ``pretrained`` it starts from the model's default ImageNet weights; the first
+    convolution's filters are then summed over RGB for other channel counts, as ``build_model``.
+    """
+    known = list_models(module=torchvision.models)
+    if name not in known:
+        raise ModelError(
+            f"model.backbone {name!r} is not a torchvision classification model; pick one of "
+            "torchvision.models.list_models(), e.g. resnet50, efficientnet_b0, convnext_tiny, vit_b_16."
+        )
+    if name in UNSUPPORTED:
+        raise ModelError(f"model.backbone {name} is not supported ({UNSUPPORTED[name]}); pick another model.")
+    net = get_model(name, weights=None)
+    if pretrained:
+        net.load_state_dict(_download_state(weights_url(name), name))
+    convs = [(path, m) for path, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [(path, m) for path, m in net.named_modules() if isinstance(m, nn.Linear)]
+    path, first = convs[0]
+    if in_channels != first.in_channels:
+        conv = nn.Conv2d(
+            in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+            first.dilation, first.groups, first.bias is not None,
+        )  # fmt: skip
+        if pretrained:
+            with torch.no_grad():
+                rgb = first.weight.detach()
+                conv.weight.copy_(rgb.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+                if first.bias is not None:
+                    conv.bias.copy_(first.bias)
+        _replace(net, path, conv)
+    path, head = linears[-1]
+    _replace(net, path, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+    return net
 
 
 INPUT_SHAPE_KEY = "fashion_lake_input_shape"  # (C, H, W) of the training batches, in checkpoints
@@ -114,13 +179,21 @@ def build_model(
 
 
 class FashionMnistModule(pl.LightningModule):
-    """Image classification with a 1-channel ResNet18.
+    """Image classification with ResNet18 (the tutorial's) or any torchvision classification model.
 
     Args:
         num_classes: Size of the classifier head (linked from the data module).
         class_names: Class names, for predictions (linked from the data module).
         in_channels: Image channels (linked from the data module).
-        pretrained: Start from ImageNet weights (downloads them once).
+        pretrained: Start from the backbone's ImageNet weights (downloads them once); use
+            ``data.normalize: imagenet`` with them.
+        backbone: Any torchvision classification model by name (``torchvision.models.get_model``,
+            e.g. ``resnet50``, ``efficientnet_b0``, ``convnext_tiny``, ``vit_b_16``), its first
+            layer adapted to the image channels and its head to the classes; ``resnet18`` (the
+            default) is the tutorial's, with ``stem``. Image sizes: 28+ pixels for resnet*,
+            regnet_*, mobilenet_*, efficientnet_*, mnasnet*, shufflenet_*, swin_*; 32+ for
+            convnext_*, densenet*, vgg*; 64+ for alexnet; exactly 224 for vit_* and maxvit_t
+            (``data.image_size``).
         optimizer: Any ``torch.optim`` optimizer, e.g.
             ``{class_path: torch.optim.SGD, init_args: {lr: 0.1}}``.
         lr: Learning rate replacing the optimizer's (``null``: the optimizer's); what
@@ -149,6 +222,7 @@ class FashionMnistModule(pl.LightningModule):
         class_names: list[str] | None = None,
         in_channels: int = 1,
         pretrained: bool = False,
+        backbone: str = "resnet18",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = None,
         lr_schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle",
@@ -166,7 +240,12 @@ class FashionMnistModule(pl.LightningModule):
         if lr is not None and lr <= 0:
             raise ModelError(f"model.lr must be > 0 (or null: the optimizer's), got {lr}")
         self.normalize = Normalize(*resolve_normalize(normalize))
-        self.net = build_model(num_classes, in_channels, pretrained, stem)
+        if backbone == "resnet18":  # the tutorial's network and stems; its checkpoints' keys
+            self.net = build_model(num_classes, in_channels, pretrained, stem)
+        elif stem != "imagenet":
+            raise ModelError(f"model.stem {stem} is for the resnet18 backbone; drop it for {backbone}.")
+        else:
+            self.net = build_backbone(backbone, num_classes, in_channels, pretrained)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # kept by .to(device) and checkpoint loads
