@@ -35,7 +35,7 @@ class Probabilities(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images).softmax(dim=1)
+        return self.model.probabilities(images)
 
 
 def load_model(ckpt: str | Path) -> tuple[FashionMnistModule, tuple[int, int, int] | None]:

@@ -214,6 +214,8 @@ class FashionMnistModule(pl.LightningModule):
         normalize: ``(mean, std)`` the model subtracts and divides by after scaling its uint8
             input to [0, 1] (linked from ``data.normalize``): each a number or one per channel,
             or ``imagenet``, what pretrained backbones expect.
+        tta: Test-time augmentation in validate, test and predict: average the class
+            probabilities of each image and its left-right mirror image (training is unchanged).
     """
 
     def __init__(
@@ -231,9 +233,13 @@ class FashionMnistModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         normalize: tuple[Stats, Stats] | Literal["imagenet"] = (0.5, 0.5),
+        tta: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        # tta is how to evaluate, not what was trained: left out of checkpoints, whose saved
+        # hyper-parameters would otherwise override --model.tta when evaluating one
+        self.save_hyperparameters(ignore=["optimizer", "tta"])
+        self.tta = tta
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ModelError(f"{len(self.class_names)} class names for {num_classes} classes")
@@ -266,6 +272,18 @@ class FashionMnistModule(pl.LightningModule):
         x = self.normalize(images)
         return self.net(x.contiguous(memory_format=self.memory_format))
 
+    def log_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Log class probabilities; with ``tta`` those of the mean of the image's and its mirror's."""
+        log_p = F.log_softmax(self(images), dim=1)
+        if self.tta:
+            mirrored = F.log_softmax(self(images.flip(-1)), dim=1)
+            log_p = torch.logsumexp(torch.stack([log_p, mirrored]), dim=0) - math.log(2.0)
+        return log_p
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of uint8 images (as ``predict`` and exported programs give them)."""
+        return self.log_probabilities(images).exp() if self.tta else self(images).softmax(dim=1)
+
     def _count_skipped(self, batch: dict, stage: str) -> None:
         if "skipped" in batch:  # corrupt rows the data module skipped (--data.skip_corrupt)
             skipped = batch["skipped"].float()
@@ -292,7 +310,8 @@ class FashionMnistModule(pl.LightningModule):
         labels = batch["labels"].long()
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         if len(labels):
-            logits = self(batch["images"])
+            # log-probabilities are logits too: cross-entropy and accuracy read them the same
+            logits = self.log_probabilities(batch["images"]) if self.tta else self(batch["images"])
             accuracy.update(logits, labels)
             mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
             getattr(self, f"{stage}_confusion").update(logits.argmax(dim=1), labels)
@@ -317,8 +336,7 @@ class FashionMnistModule(pl.LightningModule):
         self._keep_confusion("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probabilities = self(batch["images"]).softmax(dim=1)
-        probability, class_id = probabilities.max(dim=1)
+        probability, class_id = self.probabilities(batch["images"]).max(dim=1)
         out = {
             "index": batch["index"],
             "class_id": class_id,
