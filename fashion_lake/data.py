@@ -97,8 +97,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         label_column: ClassLabel column holding class ids.
         class_names: Class names, for datasets whose label column has none in its metadata.
         train_transform: Per-column, per-sample transforms for training rows, e.g.
-            ``{'images': SeedTransform()}`` (columns not named pass through); the default
-            (``None``) is the fast whole-batch pipeline configured by ``rotation`` and ``normalize``.
+            ``{'images': SeedTransform()}`` (columns not named pass through), giving float images
+            in [0, 1] (``ToTensor``; the model normalises); the default (``None``) is the fast
+            whole-batch pipeline configured by ``rotation``, ``flip``, ``crop_padding``, ``erasing``.
         eval_transform: Per-column, per-sample transforms for val/test/predict rows.
         rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
         normalize: ``(mean, std)`` the model applies after scaling images to [0, 1] (linked to

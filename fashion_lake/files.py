@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from fashion_lake.crops import Crops
 from fashion_lake.decode import to_channels
 from fashion_lake.errors import DatasetError
+from fashion_lake.folder import GREY_MODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def local_file_path(url: str) -> Path | None:

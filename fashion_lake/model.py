@@ -406,7 +406,7 @@ def make_scheduler(
         return None
     if kind not in ("one_cycle", "cosine"):
         raise ModelError(f"model.lr_schedule must be one_cycle, cosine or constant, got {kind!r}")
-    total = max(_schedule_length(total_steps, kind), done + 1)  # a schedule cannot end before its step
+    total = max(_schedule_length(total_steps, kind), done)  # a schedule cannot end before its step
     for group in optimizer.param_groups:
         top = peak if peak is not None else group.get("max_lr", group.get("initial_lr", group["lr"]))
         if done == 0:  # a fresh schedule sets its keys from ``lr``
@@ -436,5 +436,5 @@ def schedule_fits(scheduler: object, total_steps: float, peak: float | None) -> 
         return True  # not ours (e.g. LearningRateFinder's own while it searches)
     if not math.isfinite(total_steps):
         return True  # configure_optimizers refused this already
-    same_length = length == max(int(total_steps), 1, scheduler.last_epoch)
+    same_length = length == max(int(total_steps), 1, scheduler.last_epoch)  # as make_scheduler
     return same_length and (peak is None or all(p == peak for p in peaks))
