@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import ResNet18_Weights, get_model, get_model_weights, list_models, resnet18
 
 from fashion_lake.errors import ConfigError
-from fashion_lake.transforms import IMAGENET_STATS, _per_channel
+from fashion_lake.transforms import IMAGENET_STATS, per_channel
 
 PRETRAINED_URL = ResNet18_Weights.IMAGENET1K_V1.url
 
@@ -39,7 +39,7 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> None:
         super().__init__()
-        mean_t, std_t = _per_channel(mean), _per_channel(std)
+        mean_t, std_t = per_channel(mean), per_channel(std)
         if not bool((std_t > 0).all()):
             raise ModelError(f"normalize std must be > 0, got {std}")
         self.register_buffer("mean", mean_t, persistent=False)
@@ -246,6 +246,12 @@ class FashionMnistModule(pl.LightningModule):
         if lr is not None and lr <= 0:
             raise ModelError(f"model.lr must be > 0 (or null: the optimizer's), got {lr}")
         self.normalize = Normalize(*resolve_normalize(normalize))
+        stats = {self.normalize.mean.shape[1], self.normalize.std.shape[1]}
+        if not stats <= {1, in_channels}:
+            raise ModelError(
+                f"model.normalize has statistics for {max(stats)} channels, but the images have "
+                f"{in_channels}; give one number or {in_channels} (imagenet statistics are for RGB images)."
+            )
         if backbone == "resnet18":  # the tutorial's network and stems; its checkpoints' keys
             self.net = build_model(num_classes, in_channels, pretrained, stem)
         elif stem != "imagenet":

@@ -95,7 +95,7 @@ class BatchTransform:
                 f"erasing is the probability that an image gets a random rectangle erased; it must be in "
                 f"[0, 1] (0: off, 0.5 is usual), got {erasing}"
             )
-        self.degrees, self.fill = degrees, _per_channel(fill)
+        self.degrees, self.fill = degrees, per_channel(fill)
         self.flip, self.crop_padding, self.erasing = flip, crop_padding, erasing
 
     def __call__(
@@ -114,7 +114,7 @@ class BatchTransform:
         return x
 
 
-def _per_channel(stats: float | Sequence[float]) -> torch.Tensor:
+def per_channel(stats: float | Sequence[float]) -> torch.Tensor:
     """A normalisation statistic as a ``(1, C, 1, 1)`` tensor (C = 1 for one number: all channels)."""
     values = [float(stats)] if isinstance(stats, int | float) else [float(v) for v in stats]
     return torch.tensor(values).view(1, -1, 1, 1)

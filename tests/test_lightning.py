@@ -157,3 +157,15 @@ def test_help_names_the_program_and_says_what_each_command_does(tmp_path: Path, 
     assert " ".join(DESCRIPTION.split()) in flat and "Lightning Trainer command line tool" not in flat
     for text in SUBCOMMAND_HELP.values():
         assert " ".join(text.split()) in flat
+
+
+def test_normalize_must_fit_the_channels() -> None:
+    from fashion_lake.model import ModelError
+
+    with pytest.raises(ModelError, match="statistics for 3 channels, but the images have 1"):
+        FashionMnistModule(num_classes=10, in_channels=1, normalize="imagenet")
+    rgb = FashionMnistModule(num_classes=10, in_channels=3, normalize="imagenet").eval()
+    white = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(rgb.normalize(white)[0, :, 0, 0], expected)
+    torch.testing.assert_close(rgb.normalize(white.float() / 255), rgb.normalize(white))  # [0, 1] floats too
