@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from fashion_lake import plots
 
@@ -57,6 +59,35 @@ def _tensorboard(trainer: pl.Trainer) -> Any:
     return None
 
 
+class LearningRateMonitor(_LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor``, which logs nothing, rather than stopping the run, when the
+    Trainer has no logger (``--trainer.logger false``) or Lightning turned logging off (``fast_dev_run``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._off = False
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._off = not trainer.loggers
+        if not self._off:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not self._off:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not self._off:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+def writes_files(trainer: pl.Trainer) -> bool:
+    """Whether this process writes reports: rank 0, and not under ``fast_dev_run`` (Lightning's
+    promise there: no logs, no checkpoints, nothing left behind)."""
+    return trainer.is_global_zero and not trainer.fast_dev_run
+
+
 def run_dir(trainer: pl.Trainer) -> Path:
     """Where this run's logs, checkpoints and reports go.
 
@@ -74,9 +105,10 @@ class Reports(pl.Callback):
 
     TensorBoard: a grid of augmented training images with class names at fit start; a
     confusion matrix and a per-class accuracy table after each validation and test.
-    Files: ``train_images.png`` at fit start; ``metrics.csv`` (per epoch), ``curves.png`` and
+    Files: ``train_images.png`` at fit start; ``metrics.csv`` (per epoch; ``epoch_metrics.csv``
+    where a ``CSVLogger`` keeps its own ``metrics.csv``, per step), ``curves.png`` and
     ``confusion_val.png`` at the end of ``fit``; ``confusion_test.png`` and
-    ``per_class_test.md`` at the end of ``test``.
+    ``per_class_test.md`` at the end of ``test``. None under ``fast_dev_run``.
 
     Time to accuracy, to compare recipes and machines: ``train_time`` in ``metrics.csv`` is the
     wall time in seconds since training started, not counting validation, at each epoch's
@@ -128,15 +160,13 @@ class Reports(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx == 0 and trainer.current_epoch == 0 and trainer.is_global_zero:
+        if batch_idx == 0 and trainer.current_epoch == 0 and writes_files(trainer):
             writer = _tensorboard(trainer)
             if writer is not None and len(batch["labels"]):
                 n = min(self.grid_images, len(batch["labels"]))
-                transform = trainer.datamodule.batch_transform if trainer.datamodule else None
-                mean, std = (transform.mean, transform.std) if transform else (0.5, 0.5)
-                figure = plots.image_grid(
-                    batch["images"][:n], batch["labels"][:n].tolist(), pl_module.class_names, mean, std
-                )
+                images = batch["images"][:n]  # augmented, in [0, 1] (uint8 without the data module's hook)
+                images = images.float() / 255 if images.dtype == torch.uint8 else images
+                figure = plots.image_grid(images, batch["labels"][:n].tolist(), pl_module.class_names)
                 out = run_dir(trainer)
                 out.mkdir(parents=True, exist_ok=True)
                 figure.savefig(out / "train_images.png")
@@ -190,7 +220,7 @@ class Reports(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report_confusion(trainer, pl_module, "test")
-        if trainer.is_global_zero and "test" in pl_module.confusion:
+        if writes_files(trainer) and "test" in pl_module.confusion:
             out = run_dir(trainer)
             out.mkdir(parents=True, exist_ok=True)
             matrix = pl_module.confusion["test"]
@@ -205,13 +235,13 @@ class Reports(pl.Callback):
             return
         if self.thresholds:
             print(self.time_summary())
-        if not self.history:
+        if not self.history or not writes_files(trainer):
             return
         out = run_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
         columns = {k for row in self.history for k in row} | {_time_column(t) for t in self.thresholds}
         keys = ["epoch", *sorted(columns - {"epoch"})]  # time_to_* blank: not reached (in this run)
-        with (out / "metrics.csv").open("w", newline="") as f:
+        with (out / epoch_metrics_name(trainer)).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
@@ -239,15 +269,24 @@ class Reports(pl.Callback):
         )
 
 
+def epoch_metrics_name(trainer: pl.Trainer) -> str:
+    """``metrics.csv``, or ``epoch_metrics.csv`` where a CSVLogger writes its ``metrics.csv``."""
+    out = run_dir(trainer).resolve()
+    csv_dirs = {Path(lg.log_dir).resolve() for lg in trainer.loggers if isinstance(lg, CSVLogger)}
+    return "epoch_metrics.csv" if out in csv_dirs else "metrics.csv"
+
+
 def _time_column(threshold: float) -> str:
     """``time_to_90`` for 0.90, ``time_to_92.5`` for 0.925."""
     return f"time_to_{threshold * 100:g}"
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predictions.csv`` (row index, class name, class id, probability) to the run directory.
+    """Writes ``predictions.csv`` (row index, class name, class id, probability; for image files
+    also their path, after the index) to the run directory.
 
     With several processes each writes ``predictions-rank<R>.csv``; together they hold every row once.
+    Nothing is written under ``fast_dev_run``.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
@@ -259,6 +298,11 @@ class PredictionWriter(BasePredictionWriter):
         self.rows = 0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._file = self._writer = self.path = None
+        self._paths = False
+        self.rows = 0
+        if trainer.fast_dev_run:
+            return
         name = self.filename
         if trainer.world_size > 1:
             stem, _, suffix = name.rpartition(".")
@@ -267,21 +311,29 @@ class PredictionWriter(BasePredictionWriter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(["index", "class_name", "class_id", "probability"])
-        self.rows = 0
+        files = trainer.datamodule is not None and getattr(trainer.datamodule, "predict_files", None)
+        self._paths = bool(files)
+        self._writer.writerow(["index", *(["path"] if self._paths else []), "class_name", "class_id",
+                               "probability"])  # fmt: skip
 
     def write_on_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
         batch: Any, batch_idx: int, dataloader_idx: int,
     ) -> None:  # fmt: skip
+        if self._writer is None:  # fast_dev_run
+            return
         rows = zip(
             prediction["index"].tolist(), prediction["class_name"], prediction["class_id"].tolist(),
             prediction["probability"].tolist(), strict=True,
         )  # fmt: skip
-        for index, name, class_id, probability in rows:
-            self._writer.writerow([index, name, class_id, f"{probability:.6f}"])
+        paths = prediction["path"] if self._paths else [None] * len(prediction["index"])
+        for (index, name, class_id, probability), path in zip(rows, paths, strict=True):
+            where = [path] if self._paths else []
+            self._writer.writerow([index, *where, name, class_id, f"{probability:.6f}"])
             self.rows += 1
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._file is None:
+            return
         self._file.close()
         print(f"Wrote {self.rows} predictions to {self.path}")

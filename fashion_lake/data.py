@@ -2,8 +2,9 @@
 
 The module owns distribution (see ``sampler.py``): it takes rank and world size from the
 Trainer, or from ``dm.dist`` when set by hand, so the Trainer runs with
-``use_distributed_sampler=False``. Batches leave the loader as uint8 and become normalised,
-augmented float tensors in ``on_after_batch_transfer``, on the accelerator when there is one.
+``use_distributed_sampler=False``. Batches leave the loader as uint8 and become augmented float
+tensors in [0, 1] in ``on_after_batch_transfer``, on the accelerator when there is one; the
+model normalises them (``data.normalize`` is linked to ``model.normalize``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
 from fashion_lake.errors import ConfigError, DatasetError, IngestError
+from fashion_lake.files import ImageFiles, collate, image_files
 from fashion_lake.handoff import ring_slots
 from fashion_lake.lake import (
     V3_NOTICE,
@@ -41,12 +43,10 @@ from fashion_lake.lake import (
 from fashion_lake.loader import LakeLoader
 from fashion_lake.reader import LakeDataset, total_memory
 from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
-from fashion_lake.transforms import BatchTransform, ColumnTransform
+from fashion_lake.transforms import IMAGENET_STATS, BatchTransform, ColumnTransform, per_channel
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
 Stats = float | list[float]
-# torchvision's ImageNet statistics: what its pretrained weights (model.pretrained) were trained on
-IMAGENET_STATS: tuple[list[float], list[float]] = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 # Lightning stage -> the split whose loader feeds it
 STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
@@ -103,7 +103,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
             ``azure://``, ``al://`` or ``hub://`` URL.
         val_url: Validation dataset.
         test_url: Test dataset (default: ``val_url``).
-        predict_url: Dataset to predict on (default: the test dataset).
+        predict_url: Dataset to predict on (default: the test dataset), or image files read in
+            place: a folder of them (searched recursively) or one file; ``predictions.csv`` then
+            names each file. They are brought to the model's channels and to ``image_size`` (a
+            centre crop) or else to the size the checkpoint was trained on.
         raw_dir: Folder with the Fashion-MNIST IDX files, used to build a missing local lake
             (default: ``$FASHION_LAKE_RAW_DIR``).
         download: Download the IDX files (torchvision's mirrors) to build a missing local lake
@@ -121,13 +124,15 @@ class DeepLakeDataModule(pl.LightningDataModule):
         label_column: ClassLabel column holding class ids.
         class_names: Class names, for datasets whose label column has none in its metadata.
         train_transform: Per-column, per-sample transforms for training rows, e.g.
-            ``{'images': SeedTransform()}`` (columns not named pass through); the default
-            (``None``) is the fast whole-batch pipeline configured by ``rotation`` and ``normalize``.
+            ``{'images': SeedTransform()}`` (columns not named pass through), giving float images
+            in [0, 1] (``ToTensor``; the model normalises); the default (``None``) is the fast
+            whole-batch pipeline configured by ``rotation``, ``flip``, ``crop_padding``, ``erasing``.
         eval_transform: Per-column, per-sample transforms for val/test/predict rows.
         rotation: Whole-batch pipeline: random rotation range in degrees for training (0: off).
-        normalize: Whole-batch pipeline: ``(mean, std)`` applied after scaling to [0, 1], each a
-            number or one per channel (``[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]``), or
-            ``imagenet`` for exactly those: the choice with ``model.pretrained`` on RGB images.
+        normalize: ``(mean, std)`` the model applies after scaling images to [0, 1] (linked to
+            ``model.normalize``), each a number or one per channel
+            (``[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]``), or ``imagenet`` for exactly
+            those: the choice with ``model.pretrained`` on RGB images.
         image_size: Crop and resize every image to ``N`` x ``N`` (or ``[H, W]``), so datasets
             of photos in many sizes train in batches: a random-resized crop for training (scale
             ``crop_scale`` of the area, aspect 3/4..4/3) and, for evaluation, the shorter side
@@ -142,7 +147,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         crop_padding: Whole-batch pipeline: pad each training image with this many zero pixels
             per side and crop it back at a random offset, as ``RandomCrop(28, padding)`` (0: off).
         erasing: Whole-batch pipeline: probability that a training image gets a random rectangle
-            set to 0 after normalising, as ``RandomErasing`` with its default sizes (0: off).
+            set to the normalisation mean (0 once normalised), as ``RandomErasing`` with its
+            default sizes (0: off).
         block_size: Rows read in one contiguous request and cached together.
         shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
             is closer to a uniform shuffle and holds more blocks in memory (per worker for raw
@@ -222,6 +228,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
             "test": test_url or val_url,
             "predict": predict_url or test_url or val_url,
         }
+        # predict_url naming image files (a folder or one file): read in place (files.py), not a lake
+        self.predict_files = image_files(predict_url)
+        if self.predict_files is not None:
+            self.urls["predict"] = self.urls["test"]  # the lake checked for classes in its stead
         self.raw_dir, self.download = raw_dir, download
         self.batch_size, self.global_batch_size = batch_size, global_batch_size
         self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
@@ -229,12 +239,12 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
         self.normalize = IMAGENET_STATS if normalize == "imagenet" else tuple(normalize)
-        try:
-            self.batch_transform = BatchTransform(
-                rotation, *self.normalize, flip=flip, crop_padding=crop_padding, erasing=erasing
-            )
-        except ValueError as e:  # the ranges above are checked: what is left is a std of 0
-            raise ConfigError(f"data.normalize: {e}; every std must be above 0.") from None
+        if not bool((per_channel(self.normalize[1]) > 0).all()):
+            raise ConfigError(f"data.normalize: every std must be above 0, got {self.normalize[1]}.")
+        # erased rectangles get the mean: 0 once the model has normalised (RandomErasing's value=0)
+        self.batch_transform = BatchTransform(
+            rotation, flip=flip, crop_padding=crop_padding, erasing=erasing, fill=self.normalize[0]
+        )
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), not {channels!r}.")
         self.channels = channels
@@ -543,11 +553,25 @@ class DeepLakeDataModule(pl.LightningDataModule):
             group = max(1, min(GROUP_BATCHES, rows_fit, bytes_fit))
         return group, max(2, min(math.ceil(8 / group), (64 << 20) // (group * batch_bytes)))
 
+    def _files_loader(self) -> DataLoader:
+        """Batches of the image files ``predict_url`` names, at the size the model was trained on."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        shape = getattr(model, "input_shape", None)  # restored from the checkpoint before loaders exist
+        size = (int(shape[1]), int(shape[2])) if shape else None
+        dataset = ImageFiles(self.predict_files or [], self.num_channels, self.crops, size)
+        sampler = make_batch_sampler(len(dataset), self.per_device_batch_size, self.dist, shuffle=False)
+        workers = self.num_workers or 0
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+
     def _loader(self, split: str) -> DataLoader:
+        if split == "predict" and self.predict_files is not None:
+            return self._files_loader()
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         dataset = self.datasets[split]
         train = split == "train"
+        # Lightning's overfit_batches promises the same batches every epoch; our shuffle is ours to fix
+        overfit = train and self.trainer is not None and bool(self.trainer.overfit_batches)
         sampler = make_batch_sampler(
             len(dataset),
             self.per_device_batch_size,
@@ -557,6 +581,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             drop_last=self.drop_last,
             block_size=self.block_size,
             window=self.shuffle_window,
+            frozen=overfit,
         )
         if train and len(sampler) == 0:
             raise DatasetError(
@@ -600,7 +625,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return self._loader("predict")
 
     def prepare_batch(self, batch: dict, train: bool) -> dict:
-        """uint8 images -> normalised float (augmented when ``train``); float batches pass.
+        """uint8 images -> float in [0, 1] (augmented when ``train``); float batches pass.
+
+        Normalising is the model's, so that it takes what the loaders yield, also without this hook.
 
         Rotation angles come from ``batch['aug_seed']`` when present (see
         ``on_before_batch_transfer``), else from torch's global generator.

@@ -21,13 +21,10 @@ def image_grid(
     images: torch.Tensor,
     labels: Sequence[int],
     class_names: Sequence[str],
-    mean: float | torch.Tensor,
-    std: float | torch.Tensor,
     columns: int = 8,
 ) -> Figure:
-    """Normalised ``(N, C, H, W)`` images in a grid, each titled with its class name; ``mean`` and
-    ``std`` are numbers or ``(1, C, 1, 1)`` per-channel tensors."""
-    images = (images.detach().float().cpu() * std + mean).clamp(0, 1)
+    """``(N, C, H, W)`` images in [0, 1] in a grid, each titled with its class name."""
+    images = images.detach().float().cpu().clamp(0, 1)
     rows = max(1, -(-len(images) // columns))
     figure = _figure(columns * 1.3, rows * 1.45)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):

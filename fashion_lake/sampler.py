@@ -101,14 +101,20 @@ def eval_batches(n: int, batch_size: int, dist: DistContext) -> list[np.ndarray]
 
 
 class BlockShuffleOrder(Sampler[int]):
-    """The global epoch order as a torch ``Sampler``; Lightning calls ``set_epoch`` on it."""
+    """The global epoch order as a torch ``Sampler``; Lightning calls ``set_epoch`` on it.
 
-    def __init__(self, n: int, seed: int, block_size: int, window: int) -> None:
+    ``frozen``: every epoch in epoch 0's order, for ``Trainer(overfit_batches=N)``, which
+    promises the same batches every epoch.
+    """
+
+    def __init__(self, n: int, seed: int, block_size: int, window: int, frozen: bool = False) -> None:
         self.n, self.seed, self.block_size, self.window = n, seed, block_size, window
+        self.frozen = frozen
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if not self.frozen:
+            self.epoch = epoch
 
     def permutation(self) -> np.ndarray:
         return block_shuffle(self.n, self.seed, self.epoch, self.block_size, self.window)
@@ -255,7 +261,9 @@ def make_batch_sampler(
     drop_last: bool = False,
     block_size: int = 1024,
     window: int = 16384,
+    frozen: bool = False,
 ) -> ShardedBatchSampler:
-    """Training (``shuffle``) or evaluation batches of ``n`` rows for one rank."""
-    order = BlockShuffleOrder(n, seed, block_size, window) if shuffle else SequentialSampler(range(n))
+    """Training (``shuffle``) or evaluation batches of ``n`` rows for one rank; ``frozen``: the
+    same shuffled batches every epoch (see ``BlockShuffleOrder``)."""
+    order = BlockShuffleOrder(n, seed, block_size, window, frozen) if shuffle else SequentialSampler(range(n))
     return ShardedBatchSampler(order, batch_size, drop_last and shuffle, dist)

@@ -1,11 +1,11 @@
 """Image transforms: the seed's per-sample PIL pipeline and its whole-batch equivalent.
 
-The default path keeps images uint8 through the loader and turns them into normalised float
-batches after they reach the device (``BatchTransform``): one ``grid_sample`` rotates every
-image by its own random angle, as ``RandomRotation`` does per sample, at a fraction of the
-cost; flips, padded crops and random erasing work the same way, a few tensor operations per
-batch. ``SeedTransform`` is the tutorial's exact per-sample pipeline, applied per column
-through ``ColumnTransform``, for fidelity.
+The default path keeps images uint8 through the loader and turns them into augmented float
+batches in [0, 1] after they reach the device (``BatchTransform``; the model normalises them):
+one ``grid_sample`` rotates every image by its own random angle, as ``RandomRotation`` does
+per sample, at a fraction of the cost; flips, padded crops and random erasing work the same
+way, a few tensor operations per batch. ``SeedTransform`` is the tutorial's exact per-sample
+pipeline, applied per column through ``ColumnTransform``, for fidelity.
 """
 
 from __future__ import annotations
@@ -18,18 +18,23 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
+# torchvision's ImageNet statistics: what its pretrained weights were trained on
+IMAGENET_STATS: tuple[list[float], list[float]] = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
 
 class SeedTransform(T.Compose):
-    """The tutorial's per-sample pipeline: ``RandomRotation(20) -> ToTensor -> Normalize([0.5], [0.5])``.
+    """The tutorial's per-sample pipeline: ``RandomRotation(20) -> ToTensor``.
 
-    ``train=False`` leaves out the rotation, for evaluation.
+    Its ``Normalize([0.5], [0.5])`` is the model's (``model.normalize``, linked from
+    ``data.normalize``), which takes images in [0, 1]. ``train=False`` leaves out the rotation,
+    for evaluation.
     """
 
     def __init__(self, train: bool = True, degrees: float = 20.0) -> None:
         steps: list[Any] = [T.ToPILImage()]
         if train and degrees:
             steps.append(T.RandomRotation(degrees))
-        super().__init__([*steps, T.ToTensor(), T.Normalize([0.5], [0.5])])
+        super().__init__([*steps, T.ToTensor()])
 
 
 class ColumnTransform:
@@ -55,31 +60,31 @@ class ColumnTransform:
 
 
 class BatchTransform:
-    """uint8 ``(B, C, H, W)`` -> normalised float, with per-sample random augmentation when training.
+    """uint8 ``(B, C, H, W)`` -> float in [0, 1], with per-sample random augmentation when training.
 
     In this order, each image drawing its own parameters: rotation as ``RandomRotation(degrees)``
     (angle uniform in [-degrees, degrees], nearest neighbour, zero fill, about the centre);
     horizontal flip with probability 0.5 (``flip``); a crop at a random offset from the image
-    zero-padded by ``crop_padding`` pixels, as ``RandomCrop(size, padding)``; then ``ToTensor``
-    and ``Normalize``; then, with probability ``erasing``, a random rectangle set to 0, as
-    ``RandomErasing(p=erasing, value=0)`` after ``Normalize``. Every random number comes from
-    ``generator`` (the batch's own, see ``DeepLakeDataModule.on_before_batch_transfer``) in a
-    fixed order, so the same seed and batch give the same pixels; an augmentation that is off
-    draws nothing, so turning the new ones off leaves the rotation's angles as they were.
+    zero-padded by ``crop_padding`` pixels, as ``RandomCrop(size, padding)``; then ``ToTensor``;
+    then, with probability ``erasing``, a random rectangle set to ``fill``: the normalisation
+    mean, which the model turns into 0, so as ``RandomErasing(p=erasing, value=0)`` after
+    ``Normalize``. Normalising is the model's (``FashionMnistModule.normalize``). Every random
+    number comes from ``generator`` (the batch's own, see
+    ``DeepLakeDataModule.on_before_batch_transfer``) in a fixed order, so the same seed and batch
+    give the same pixels; an augmentation that is off draws nothing, so turning the new ones off
+    leaves the rotation's angles as they were.
     """
 
     def __init__(
         self,
         degrees: float = 20.0,
-        mean: float | Sequence[float] = 0.5,
-        std: float | Sequence[float] = 0.5,
         flip: bool = False,
         crop_padding: int = 0,
         erasing: float = 0.0,
+        fill: float | Sequence[float] = 0.0,
     ) -> None:
-        mean_t, std_t = _per_channel(mean), _per_channel(std)
-        if degrees < 0 or not bool((std_t > 0).all()):
-            raise ValueError(f"need degrees >= 0 and std > 0, got {degrees} and {std}")
+        if degrees < 0:
+            raise ValueError(f"need degrees >= 0, got {degrees}")
         if crop_padding < 0:
             raise ValueError(
                 f"crop_padding is the zero border (pixels) a random crop may shift into; it must be >= 0 "
@@ -90,7 +95,7 @@ class BatchTransform:
                 f"erasing is the probability that an image gets a random rectangle erased; it must be in "
                 f"[0, 1] (0: off, 0.5 is usual), got {erasing}"
             )
-        self.degrees, self.mean, self.std = degrees, mean_t, std_t
+        self.degrees, self.fill = degrees, per_channel(fill)
         self.flip, self.crop_padding, self.erasing = flip, crop_padding, erasing
 
     def __call__(
@@ -104,13 +109,12 @@ class BatchTransform:
             x = hflip(x, generator)
         if augment and self.crop_padding:
             x = crop(x, self.crop_padding, generator)
-        x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         if augment and self.erasing:
-            x = erase(x, self.erasing, generator)
+            x = erase(x, self.erasing, generator, value=self.fill)
         return x
 
 
-def _per_channel(stats: float | Sequence[float]) -> torch.Tensor:
+def per_channel(stats: float | Sequence[float]) -> torch.Tensor:
     """A normalisation statistic as a ``(1, C, 1, 1)`` tensor (C = 1 for one number: all channels)."""
     values = [float(stats)] if isinstance(stats, int | float) else [float(v) for v in stats]
     return torch.tensor(values).view(1, -1, 1, 1)
@@ -165,8 +169,10 @@ def erase(
     scale: tuple[float, float] = (0.02, 0.33),
     ratio: tuple[float, float] = (0.3, 3.3),
     attempts: int = 10,
+    value: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
-    """Set a random rectangle of each image to 0 with probability ``p``, as ``RandomErasing``.
+    """Set a random rectangle of each image to ``value`` (a number, or ``(1, C, 1, 1)`` per channel)
+    with probability ``p``, as ``RandomErasing``.
 
     torchvision's rule, for all images at once: up to ``attempts`` draws of an area (a fraction
     in ``scale`` of the image) and an aspect ratio (log-uniform in ``ratio``); the first that
@@ -188,4 +194,6 @@ def erase(
     in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (n, h)
     in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (n, w)
     mask = in_rows[:, :, None] & in_cols[:, None, :] & erased[:, None, None]
-    return x.masked_fill(mask[:, None], 0.0)
+    if isinstance(value, torch.Tensor):
+        return torch.where(mask[:, None], value.to(x.device, x.dtype), x)
+    return x.masked_fill(mask[:, None], value)

@@ -180,13 +180,15 @@ def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 def run_cli() -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m fashion_lake ARGS`` (or another module) as a subprocess in ``cwd``.
 
-    ``tests/`` is on its PYTHONPATH so configs can name the callbacks in ``recorder.py``; the
-    exit status must be ``returncode`` (output shown otherwise).
+    ``tests/`` (so that configs can name the callbacks in ``recorder.py``) and this checkout are on its
+    PYTHONPATH; the exit status must be ``returncode`` (output shown otherwise).
     """
 
     def run(args: list[str], cwd: Path, returncode: int = 0, module: str = "fashion_lake",
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-        full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+        # this checkout's fashion_lake, also where another copy is installed (e.g. editable, elsewhere)
+        path = os.pathsep.join([str(TESTS), str(REPO)])
+        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         cmd = [sys.executable, "-m", module, *args]
         proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == returncode, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -325,3 +327,11 @@ def corrupt_jpeg_lake(codec_lakes: dict, tmp_path: Path) -> str:
                "labels": np.asarray(source["labels"][0:12]).astype(np.uint32)})  # fmt: skip
     ds.commit()
     return url
+
+
+@pytest.fixture
+def fitted_checkpoint(cli_args: list[str]) -> str:
+    """``last.ckpt`` of a 2-step ``fit`` with ``cli_args``."""
+    from fashion_lake.cli import cli_main
+
+    return cli_main(["fit", *cli_args]).trainer.checkpoint_callback.last_model_path

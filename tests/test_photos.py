@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from fashion_lake import DeepLakeDataModule
+from fashion_lake import DeepLakeDataModule, FashionMnistModule
 from fashion_lake.cli import cli_main
 from fashion_lake.crops import EVAL_CROP, Crops
 from fashion_lake.data import IMAGENET_STATS
@@ -199,7 +199,8 @@ def test_grey_jpeg_lake_has_one_channel(codec_lakes: dict) -> None:
 def test_normalize_per_channel(photo_lakes: dict[str, str]) -> None:
     dm = module(photo_lakes["png"], batch_size=15, image_size=8, normalize="imagenet")
     batch = next(iter(dm.val_dataloader()))
-    out = dm.prepare_batch(batch, train=False)["images"]
+    model = FashionMnistModule(num_classes=len(CLASSES), in_channels=3, normalize=dm.normalize)
+    out = model.normalize(dm.prepare_batch(batch, train=False)["images"])  # the model normalises
     mean, std = (torch.tensor(v)[:, None, None] for v in IMAGENET_STATS)
     torch.testing.assert_close(out, (batch["images"].float() / 255 - mean) / std)
     with pytest.raises(ConfigError, match="normalize mean has 2 values, but the images have 3 channel"):

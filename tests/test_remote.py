@@ -184,7 +184,8 @@ def test_storage_failing_mid_run_stops_with_the_url(s3: dict, run_config: Path, 
     with FaultyProxy(s3["endpoint"], rate=0.0, kinds=("403",)) as proxy:
         args = _args(s3, run_config, tmp_path, endpoint=proxy.url)
         log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir", str(tmp_path / "rows")]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        tests = Path(__file__).parent  # and this checkout, as run_cli (conftest.py) does
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
         cmd = [
             sys.executable,
             "-m",
