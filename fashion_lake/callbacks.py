@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMoni
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from fashion_lake import plots
+from fashion_lake.errors import ConfigError
 
 
 class DataWait(pl.Callback):
@@ -125,7 +126,7 @@ class Reports(pl.Callback):
         self, grid_images: int = 32, thresholds: tuple[float, ...] = (0.90, 0.92, 0.94, 0.95)
     ) -> None:
         if not all(0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(
+            raise ConfigError(
                 f"Reports thresholds are val_acc levels, each in [0, 1] (e.g. 0.94), got {thresholds}"
             )
         self.grid_images = grid_images

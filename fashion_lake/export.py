@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_lake.errors import CheckpointError, ConfigError, run_command
+from fashion_lake.checkpoint import check_checkpoint
+from fashion_lake.errors import CheckpointError, ConfigError, OneLineErrors, run_command
 from fashion_lake.model import INPUT_SHAPE_KEY, FashionMnistModule
 
 META_FILE = "fashion_lake.json"  # the extra file in a .pt2
@@ -40,9 +42,7 @@ class Probabilities(nn.Module):
 
 def load_model(ckpt: str | Path) -> tuple[FashionMnistModule, tuple[int, int, int] | None]:
     """The checkpoint's model on the CPU, in eval mode, and the ``(C, H, W)`` it was trained on (if saved)."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not exist; pass a .ckpt file written by `fit`.")
+    path = check_checkpoint(ckpt)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
@@ -93,7 +93,7 @@ def export_pt2(model: FashionMnistModule, shape: tuple[int, int, int], out: Path
     torch.export.save(program, out, extra_files={META_FILE: json.dumps(metadata(model, shape))})
 
 
-def export_onnx(model: FashionMnistModule, shape: tuple[int, int, int], out: Path) -> None:
+def _check_onnx() -> None:
     try:
         import onnx  # noqa: F401  (torch.onnx needs it; imported here to say so in one line)
         import onnxruntime  # noqa: F401
@@ -101,6 +101,9 @@ def export_onnx(model: FashionMnistModule, shape: tuple[int, int, int], out: Pat
         raise ConfigError(
             "exporting to .onnx needs the onnx and onnxruntime packages: pip install 'fashion-lake[onnx]'"
         ) from None
+
+
+def export_onnx(model: FashionMnistModule, shape: tuple[int, int, int], out: Path) -> None:
     example = torch.zeros(2, *shape, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     torch.onnx.export(
@@ -109,32 +112,59 @@ def export_onnx(model: FashionMnistModule, shape: tuple[int, int, int], out: Pat
     )  # fmt: skip
 
 
-def export(ckpt: str | Path, out: str | Path, image_size: list[int] | None = None) -> Path:
-    """Write ``out`` (``.pt2`` or ``.onnx``) and ``out``'s ``.json``; returns the program's path."""
+def export(
+    ckpt: str | Path, out: str | Path, image_size: list[int] | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``out`` (``.pt2`` or ``.onnx``) and ``out``'s ``.json``; returns the program's path.
+
+    Both are written beside themselves and renamed into place once whole, so an interrupted
+    export leaves no half-written program; existing files are replaced only with ``overwrite``.
+    """
     out = Path(out)
     if out.suffix not in (".pt2", ".onnx"):
         raise ConfigError(f"OUT must end in .pt2 (torch.export) or .onnx, got {str(out)!r}")
+    if out.suffix == ".onnx":
+        _check_onnx()
+    sidecar = out.with_suffix(".json")
+    existing = [str(path) for path in (out, sidecar) if path.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{' and '.join(existing)} already exist(s); pass --overwrite to replace, or another OUT."
+        )
     model, saved = load_model(ckpt)
     shape = input_shape(model, saved, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        (export_pt2 if out.suffix == ".pt2" else export_onnx)(model, shape, out)
-    out.with_suffix(".json").write_text(json.dumps(metadata(model, shape), indent=2) + "\n")
+    partial = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
+    try:
+        with torch.no_grad():
+            (export_pt2 if out.suffix == ".pt2" else export_onnx)(model, shape, partial)
+        sidecar_partial = partial.with_suffix(".json")
+        sidecar_partial.write_text(json.dumps(metadata(model, shape), indent=2) + "\n")
+        os.replace(partial, out)
+        os.replace(sidecar_partial, sidecar)
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.with_suffix(".json").unlink(missing_ok=True)
     return out
 
 
+class _Parser(OneLineErrors, argparse.ArgumentParser):
+    program = "fashion_lake.export"
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fashion_lake.export", description=__doc__.split("\n\n")[0]
-    )
+    parser = _Parser(prog="python -m fashion_lake.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt", help="a checkpoint written by `python -m fashion_lake fit`")
     parser.add_argument("out", help="OUT.pt2 (torch.export) or OUT.onnx (needs fashion-lake[onnx])")
     parser.add_argument(
         "--image_size", type=int, nargs="+", metavar="N",
         help="input H W (or N for N x N), for checkpoints that do not record it (default 28)",
     )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.json if they exist")
     args = parser.parse_args(argv)
-    out = run_command("fashion_lake.export", lambda: export(args.ckpt, args.out, args.image_size))
+    out = run_command(
+        "fashion_lake.export", lambda: export(args.ckpt, args.out, args.image_size, args.overwrite)
+    )
     print(f"Wrote {out} and {out.with_suffix('.json')}")
 
 

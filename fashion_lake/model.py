@@ -249,8 +249,9 @@ class FashionMnistModule(pl.LightningModule):
         stats = {self.normalize.mean.shape[1], self.normalize.std.shape[1]}
         if not stats <= {1, in_channels}:
             raise ModelError(
-                f"model.normalize has statistics for {max(stats)} channels, but the images have "
-                f"{in_channels}; give one number or {in_channels} (imagenet statistics are for RGB images)."
+                f"normalize (data.normalize, or model.normalize in Python) has statistics for {max(stats)} "
+                f"channels, but the images have {in_channels}; give one number or {in_channels} (imagenet "
+                "statistics are for RGB images)."
             )
         if backbone == "resnet18":  # the tutorial's network and stems; its checkpoints' keys
             self.net = build_model(num_classes, in_channels, pretrained, stem)

@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import Checkpoint
 
 from fashion_lake.callbacks import DataWait
 from fashion_lake.cli import cli_main
+from fashion_lake.errors import ConfigError, DatasetError, OneLineErrors, run_command
 
 
 class StepMeter(DataWait):
@@ -41,7 +42,7 @@ class StepMeter(DataWait):
 def measure(args: list[str], steps: int = 30, warmup: int = 5) -> dict[str, float]:
     """Train ``warmup + steps`` steps with the fit options ``args``; rates over the last ``steps``."""
     if steps < 1 or warmup < 0:
-        raise ValueError(f"need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
+        raise ConfigError(f"need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}.")
     fixed = ["--trainer.max_steps", str(warmup + steps), "--trainer.max_epochs", "-1",
              "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
     cli = cli_main([*args, *fixed], run=False)  # no subcommand: fit is called below
@@ -52,7 +53,10 @@ def measure(args: list[str], steps: int = 30, warmup: int = 5) -> dict[str, floa
     trainer.fit(cli.model, datamodule=cli.datamodule)
     timed = meter.steps[warmup:]
     if len(timed) < steps:
-        raise RuntimeError(f"only {len(meter.steps)} training steps ran; is the training set that small?")
+        raise DatasetError(
+            f"only {len(meter.steps)} training steps ran of {warmup + steps}; use a larger training set "
+            "or fewer --steps / --warmup."
+        )
     rows, seconds = sum(n for n, _, _ in timed), sum(s for _, s, _ in timed)
     return {
         "samples_per_s": rows / seconds,
@@ -66,12 +70,16 @@ def measure(args: list[str], steps: int = 30, warmup: int = 5) -> dict[str, floa
     }
 
 
+class _Parser(OneLineErrors, argparse.ArgumentParser):
+    program = "fashion_lake.speed"
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m fashion_lake.speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    result = measure(rest, ours.steps, ours.warmup)
+    result = run_command("fashion_lake.speed", lambda: measure(rest, ours.steps, ours.warmup))
     print(
         f"speed: {result['samples_per_s']:.1f} samples/s ({result['step_ms']:.1f} ms per training step of "
         f"{result['batch']:g} rows, median {result['median_step_ms']:.1f} ms; {result['steps']} steps after "

@@ -2,8 +2,8 @@
 that names what is wrong and how to fix it, and no input file created, changed or deleted.
 
 Each case runs a real command in this process (``fashion_lake``, ``fashion_lake.ingest``,
-``fashion_lake.bench``) from an empty run folder, against a shared set of inputs that is
-hashed before and after it.
+``fashion_lake.bench``, ``fashion_lake.export``) from an empty run folder, against a shared set
+of inputs that is hashed before and after it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import CONFIGS, PhotoFolder, write_small_lake
 
-from fashion_lake import bench, ingest
+from fashion_lake import bench, export, ingest
 from fashion_lake.cli import main as cli_main
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
 
@@ -86,6 +86,7 @@ def inputs(
     data = (root / "ckpt" / "whole.ckpt").read_bytes()
     (root / "ckpt" / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (root / "ckpt" / "text.ckpt").write_text("not a checkpoint\n")
+    (root / "ckpt" / "program.pt2").write_bytes(b"an earlier export")
     (root / "bad.yaml").write_text("data:\n  batch_size: -3\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,13 +122,14 @@ def cli_base(i: Inputs) -> list[str]:
 
 
 def run(command: str, *args: str) -> Callable[[Inputs], list[str]]:
-    return lambda i: [command, *map(i.format, args)]
+    return lambda i: list(map(i.format, [command, *args]))
 
 
 PROGRAMS: dict[str, Callable[[list[str]], Any]] = {
     "fashion_lake": cli_main,
     "fashion_lake.ingest": ingest.main,
     "fashion_lake.bench": bench.cli,
+    "fashion_lake.export": export.main,
 }
 
 # (id, program, argv, what the line must say: what is wrong and how to fix it)
@@ -184,7 +186,7 @@ CASES: list[tuple[str, str, Argv, str]] = [
         "normalize_rgb_on_grey",
         "fashion_lake",
         fit("--data.normalize", "imagenet"),
-        r"normalize mean has 3 values, but the images have 1 channel",
+        r"data.normalize.* has statistics for 3 channels, but the images have 1; give one number",
     ),
     (
         "normalize_std_0",
@@ -470,6 +472,38 @@ CASES: list[tuple[str, str, Argv, str]] = [
         run("convert", "{i.nope}", "out"),
         r"nothing Deep Lake can read",
     ),
+    # --- export ---
+    (
+        "export_missing_ckpt",
+        "fashion_lake.export",
+        lambda i: ["runs/nope.ckpt", "out.pt2"],
+        r"does not exist; pass",
+    ),
+    (
+        "export_truncated_ckpt",
+        "fashion_lake.export",
+        run("{i.ckpt}/truncated.ckpt", "out.pt2"),
+        r"truncated.ckpt' is truncated or not a checkpoint",
+    ),
+    (
+        "export_not_ours",
+        "fashion_lake.export",
+        run("{i.ckpt}/whole.ckpt", "out.pt2"),
+        r"is not a checkpoint written by `python -m fashion_lake fit`",
+    ),
+    (
+        "export_bad_suffix",
+        "fashion_lake.export",
+        run("{i.ckpt}/whole.ckpt", "out.zip"),
+        r"OUT must end in .pt2 \(torch.export\) or .onnx",
+    ),
+    (
+        "export_existing_output",
+        "fashion_lake.export",
+        run("{i.ckpt}/whole.ckpt", "{i.ckpt}/program.pt2"),
+        r"program.pt2 already exist\(s\); pass --overwrite",
+    ),
+    ("export_no_out", "fashion_lake.export", run("{i.ckpt}/whole.ckpt"), r"required: out"),
     # --- the benchmark ---
     (
         "bench_epochs_0",

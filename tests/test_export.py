@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from fashion_lake.cli import cli_main
+from fashion_lake.errors import ConfigError
 from fashion_lake.export import META_FILE, export, main
 from fashion_lake.ingest import FASHION_MNIST_CLASSES
 
@@ -68,31 +68,48 @@ def test_pt2_predicts_as_predict_does(
     np.testing.assert_allclose(probability.numpy(), [float(r["probability"]) for r in rows], atol=2e-6)
 
 
-def test_onnx_export(checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """With the onnx extra installed: the same probabilities in onnxruntime; without: one line saying so."""
-    out = tmp_path / "model.onnx"
-    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
-        import onnxruntime
+def test_onnx_export_gives_the_same_probabilities(checkpoint: str, tmp_path: Path) -> None:
+    import onnxruntime  # the onnx extra, part of the dev install
 
-        export(checkpoint, out)
-        images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-        (got,) = onnxruntime.InferenceSession(str(out)).run(None, {"images": images.numpy()})
-        program = torch.export.load(export(checkpoint, tmp_path / "model.pt2")).module()
-        np.testing.assert_allclose(got, program(images).detach().numpy(), atol=1e-5)
-        return
+    out = export(checkpoint, tmp_path / "model.onnx")
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    (got,) = onnxruntime.InferenceSession(str(out)).run(None, {"images": images.numpy()})
+    program = torch.export.load(export(checkpoint, tmp_path / "program.pt2")).module()
+    np.testing.assert_allclose(got, program(images).detach().numpy(), atol=1e-5)
+    assert json.loads(out.with_suffix(".json").read_text())["class_names"] == FASHION_MNIST_CLASSES
+
+
+def test_onnx_without_the_extra_is_one_line(
+    checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: its import fails
+    folder = tmp_path / "export"
     with pytest.raises(SystemExit) as exit_info:
-        main([checkpoint, str(out)])
+        main([checkpoint, str(folder / "model.onnx")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "fashion_lake.export: error: exporting to .onnx needs the onnx and onnxruntime packages: "
         "pip install 'fashion-lake[onnx]'"
     ]
+    assert not folder.exists()
+
+
+def test_existing_output_is_kept_unless_overwrite(checkpoint: str, tmp_path: Path) -> None:
+    (tmp_path / "export").mkdir()
+    out = tmp_path / "export" / "model.pt2"
+    out.write_bytes(b"someone's program")
+    with pytest.raises(ConfigError, match=r"model.pt2 already exist\(s\); pass --overwrite"):
+        export(checkpoint, out)
+    assert out.read_bytes() == b"someone's program"
+    export(checkpoint, out, overwrite=True)
+    torch.export.load(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.json", "model.pt2"]  # no partial left
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        ("truncated", "is not a readable checkpoint (truncated or not a .ckpt file?)"),
+        ("truncated", "is truncated or not a checkpoint"),
         ("missing", "does not exist; pass a .ckpt file written by `fit`"),
         ("weights", "is not a checkpoint written by `python -m fashion_lake fit`"),
     ],
