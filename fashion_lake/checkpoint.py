@@ -7,10 +7,10 @@ from pathlib import Path
 
 from fashion_lake.errors import CheckpointError
 
-HINT = "pass a .ckpt file written by `fit` (runs/NAME/version_N/checkpoints/last.ckpt), or --ckpt_path last"
+WRITTEN_BY_FIT = "pass a .ckpt file written by `fit` (runs/NAME/version_N/checkpoints/last.ckpt)"
 
 
-def check_checkpoint(path: str | Path) -> Path:
+def check_checkpoint(path: str | Path, hint: str = WRITTEN_BY_FIT) -> Path:
     """``path`` if it is a whole checkpoint file, else a ``CheckpointError`` naming it.
 
     ``torch.save`` writes a zip archive: a truncated copy (an interrupted download or rsync, a
@@ -18,16 +18,16 @@ def check_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; {HINT}.")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; {hint}.")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or not a checkpoint ({' '.join(str(e).split())}); {HINT}."
+            f"checkpoint {str(path)!r} is truncated or not a checkpoint ({' '.join(str(e).split())}); {hint}."
         ) from None
     if bad is not None:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt (its part {bad!r} fails its checksum); {HINT}."
+            f"checkpoint {str(path)!r} is corrupt (its part {bad!r} fails its checksum); {hint}."
         )
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 from jsonargparse import ActionSubCommands
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from fashion_lake.checkpoint import check_checkpoint
+from fashion_lake.checkpoint import WRITTEN_BY_FIT, check_checkpoint
 from fashion_lake.data import DeepLakeDataModule
 from fashion_lake.errors import ConfigError, OneLineErrors, run_command
 from fashion_lake.model import FashionMnistModule
@@ -89,7 +89,7 @@ class FashionLakeCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in CKPT_ALIASES and "://" not in str(ckpt):
-            check_checkpoint(ckpt)
+            check_checkpoint(ckpt, f"{WRITTEN_BY_FIT}, or --ckpt_path last")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> FashionLakeCLI:
