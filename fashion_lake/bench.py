@@ -322,7 +322,7 @@ def photo_loaders(lake: str, seed: int) -> dict[str, tuple[int, tuple[float, int
     dm.setup("fit")
     for name, loader in (("P1 data module, train crops", dm.train_dataloader()),
                          ("P2 data module, eval resize + centre crop", dm.val_dataloader())):  # fmt: skip
-        set_epoch = loader.batch_sampler.set_epoch
+        set_epoch = loader.set_epoch
         out[name] = (
             loader.num_workers,
             time_epochs(name, loader, 2, lambda b: b["images"], set_epoch=set_epoch),
@@ -397,7 +397,7 @@ def main(
             dm.batch_transform.degrees = rotation
             consume = lambda b: dm.prepare_batch(b, train=True)["images"]  # noqa: E731
         workers[name] = loader.num_workers
-        set_epoch = loader.batch_sampler.sampler.set_epoch
+        set_epoch = loader.set_epoch
         results[name] = time_epochs(name, loader, epochs, consume, set_epoch=set_epoch)
         del loader, consume, set_epoch
         dm._train_loader = None  # the module holds the loader too

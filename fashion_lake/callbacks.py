@@ -9,7 +9,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -282,16 +281,18 @@ def _time_column(threshold: float) -> str:
     return f"time_to_{threshold * 100:g}"
 
 
-class PredictionWriter(BasePredictionWriter):
+class PredictionWriter(pl.Callback):
     """Writes ``predictions.csv`` (row index, class name, class id, probability; for image files
-    also their path, after the index) to the run directory.
+    also their path, after the index) to the run directory. Rows are named by the batch's own
+    ``index``, so the loader's batch order does not matter (and Lightning's batch indices, which
+    it infers only from map-style loaders, are not needed).
 
     With several processes each writes ``predictions-rank<R>.csv``; together they hold every row once.
     Nothing is written under ``fast_dev_run``.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.filename = filename
         self._file: Any = None
         self._writer: Any = None
@@ -317,9 +318,9 @@ class PredictionWriter(BasePredictionWriter):
         self._writer.writerow(["index", *(["path"] if self._paths else []), "class_name", "class_id",
                                "probability"])  # fmt: skip
 
-    def write_on_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
-        batch: Any, batch_idx: int, dataloader_idx: int,
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
         if self._writer is None:  # fast_dev_run
             return

@@ -17,10 +17,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, SequentialSampler
 
 from fashion_lake.crops import Crops
 from fashion_lake.decode import DEVICE_CODECS
@@ -38,12 +39,14 @@ from fashion_lake.lake import (
     is_v3,
     lake_format,
     local_path,
+    storage_args,
     storage_errors,
 )
 from fashion_lake.loader import LakeLoader
-from fashion_lake.reader import LakeDataset, total_memory
-from fashion_lake.sampler import DistContext, make_batch_sampler, per_device_batch
+from fashion_lake.order import DistContext, EvalBatches, TrainOrder, per_device_batch
+from fashion_lake.reader import LakeDataset
 from fashion_lake.transforms import IMAGENET_STATS, BatchTransform, ColumnTransform, per_channel
+from fashion_lake.units import UNIT_BYTES, byte_units, chunk_units, log_files, memory_limit
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
 Stats = float | list[float]
@@ -53,6 +56,7 @@ STAGE_SPLITS = {
 }  # fmt: skip
 # the most rows, decoded bytes and batches one worker task serves
 GROUP_ROWS, GROUP_BYTES, GROUP_BATCHES = 2048, 4 << 20, 8
+PARTITIONS = 8  # canonical partitions by default (see the constructor)
 
 
 def _passthrough(batch: dict) -> dict:
@@ -73,9 +77,28 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "rotation": (0, 180, "the largest rotation in degrees, either way; 0 turns it off"),
     "crop_padding": (0, None, "pixels of padding per side; 0 turns it off"),
     "erasing": (0, 1, "a probability; 0 turns it off"),
-    "block_size": (1, None, "rows read together"),
-    "shuffle_window": (0, None, "rows shuffled together; 0 shuffles the whole dataset"),
+    "partitions": (1, None, "canonical partitions of each epoch; the world size must divide it"),
+    "memory_budget": (1, None, "bytes a rank's loader may hold"),
 }
+# byte-size suffixes accepted by data.memory_budget
+SIZES = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "b": 1}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``2GiB``, ``512MB``, ``1e9`` or a plain number of bytes; None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :] or "b"
+    try:
+        if unit not in SIZES:
+            raise ValueError
+        return int(float(number) * SIZES[unit])
+    except ValueError:
+        raise ConfigError(
+            f"data.memory_budget must be a number of bytes or a size such as 2GiB or 512MB, not {value!r}."
+        ) from None
 
 
 def _check_ranges(**values: float | None) -> None:
@@ -149,10 +172,16 @@ class DeepLakeDataModule(pl.LightningDataModule):
         erasing: Whole-batch pipeline: probability that a training image gets a random rectangle
             set to the normalisation mean (0 once normalised), as ``RandomErasing`` with its
             default sizes (0: off).
-        block_size: Rows read in one contiguous request and cached together.
-        shuffle_window: Rows shuffled together within an epoch (0: the whole dataset); larger
-            is closer to a uniform shuffle and holds more blocks in memory (per worker for raw
-            lakes; shared by the workers for png/jpeg).
+        partitions: Canonical partitions of each training epoch (``docs/data-path.md``): every
+            global batch takes its rows evenly from all of them, and each rank reads its own
+            ``partitions / world_size`` of them, so the world size must divide it. The global
+            batches depend on it, never on the world size or the workers. Default: 8, or the
+            smallest multiple of the world size above it (16 on 16 devices); a mid-epoch resume
+            keeps the checkpoint's.
+        memory_budget: Bytes the training loader of one rank (its workers included) may hold,
+            e.g. ``2GiB``; the read units held per shuffle group follow from it, whatever the
+            row size. Default: a quarter of the memory this process may use (its cgroup limit
+            where there is one, else physical memory), shared by the devices of the machine.
         train_query: Deep Lake TQL query selecting the training rows, e.g.
             ``SELECT * WHERE labels IN (0, 6)``; class ids and names keep their meaning.
         val_query: The same for validation, test and predict rows.
@@ -201,8 +230,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
         flip: bool = False,
         crop_padding: int = 0,
         erasing: float = 0.0,
-        block_size: int = 1024,
-        shuffle_window: int = 16384,
+        partitions: int | None = None,
+        memory_budget: int | str | None = None,
         train_query: str | None = None,
         val_query: str | None = None,
         use_latest_version: bool = False,
@@ -219,8 +248,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             rotation=rotation,
             crop_padding=crop_padding,
             erasing=erasing,
-            block_size=block_size,
-            shuffle_window=shuffle_window,
+            partitions=partitions,
+            memory_budget=parse_bytes(memory_budget),
         )
         self.urls = {
             "train": train_url,
@@ -252,7 +281,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self.crops = Crops.of(image_size, crop_scale, seed) if image_size is not None else None
         except (ValueError, TypeError) as e:
             raise ConfigError(f"data.image_size / data.crop_scale: {e}.") from None
-        self.block_size, self.shuffle_window = block_size, shuffle_window
+        self.partitions, self.memory_budget = partitions, parse_bytes(memory_budget)
         self.train_query, self.val_query = train_query, val_query
         self.use_latest_version = use_latest_version
         if decode not in ("auto", "host", "device"):
@@ -286,6 +315,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         self._train_loader: LakeLoader | None = None
         self._train_position: dict | None = None  # from a checkpoint, for the next train loader
         self._infos: dict[tuple[str, str | None, str | None], LakeInfo] = {}
+        self.unit_kinds: dict[str, str] = {}  # split -> where its read units come from
 
     # ------------------------------------------------------------------ distribution
     @property
@@ -300,6 +330,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
     @dist.setter
     def dist(self, value: DistContext) -> None:
         self.dist_override = value
+
+    @property
+    def num_partitions(self) -> int:
+        """``partitions``, or its default for this world size (see the constructor)."""
+        if self.partitions is not None:
+            return self.partitions
+        world = self.dist.world_size
+        return world * -(-PARTITIONS // world)
 
     @property
     def per_device_batch_size(self) -> int:
@@ -451,23 +489,34 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self._check_normalize()
             transforms = self.transforms["train" if split == "train" else "eval"]
             on_device = transforms is None and self._decode_on_device(split, info)
+            units, self.unit_kinds[split] = self._units(split, info)
             self.datasets[split] = LakeDataset(
                 self._source(split),
                 info,
+                units,
                 self.image_column,
                 self.label_column,
                 ColumnTransform(transforms, (self.image_column, self.label_column))
                 if transforms is not None
                 else None,
-                self.block_size,
-                # a shuffle window's blocks for training; evaluation reads in order
-                cache_blocks=max(1, self.shuffle_window // self.block_size) + 1 if split == "train" else 2,
                 skip_corrupt=self.skip_corrupt,
                 decode_on_device=on_device,
                 crops=self.crops,
                 channels=self.num_channels,
                 train=split == "train",
             )
+
+    def _units(self, split: str, info: LakeInfo) -> tuple[np.ndarray, str]:
+        """The split's read units: the image column's storage chunks where its log says (local
+        datasets), else runs of rows of Deep Lake's chunk size; and which of the two."""
+        source = self._source(split)
+        creds = storage_args(self.creds)["creds"]
+        log = None if info.row_ids is not None else log_files(source.url, creds)
+        if log is not None:
+            found = chunk_units(log, self.image_column, source.version)
+            if found is not None and int(found[-1]) == info.rows:
+                return found, "Deep Lake chunks"
+        return byte_units(info.rows, info.row_bytes), f"~{UNIT_BYTES / 1e6:.0f} MB runs of rows"
 
     def _check_normalize(self) -> None:
         channels = self.num_channels
@@ -512,28 +561,28 @@ class DeepLakeDataModule(pl.LightningDataModule):
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, min(8, available_cores() // max(1, devices)))
 
-    def _check_cache_memory(self, dataset: LakeDataset, workers: int, slot_bytes: int) -> None:
-        """Warn when the training loader's block caches (a shuffle window of rows in each of its
-        processes) and its workers' batch slots (``slot_bytes`` in all) would take over a quarter
-        of this machine's memory: photos are 100-1000x Fashion-MNIST's rows, and the window is
-        counted in rows."""
-        total = total_memory()
-        if not total:
-            return
-        rows, row_bytes = dataset.cache_blocks * dataset.block_size, dataset.info.row_bytes
-        where, cached = f"in each of its {max(1, workers)} process(es)", rows * max(1, workers)
-        if dataset.shares_blocks(workers):  # one cache for all workers (``blocks.py``)
-            where = f"shared by its {workers} workers"
-            cached = dataset.shared_blocks(workers) * dataset.block_size
-        need = cached * row_bytes + slot_bytes
-        if need > total / 4:
-            rank_zero_warn(
-                f"the training loader caches a shuffle window of {rows} rows (~{row_bytes / 1024:.0f} KB "
-                f"each) {where}, plus the batches in flight: "
-                f"~{need / 2**30:.1f} GiB of this machine's {total / 2**30:.0f} GiB. Lower "
-                "--data.shuffle_window and --data.block_size (e.g. 2048 and 128), or shrink the images at "
-                "ingest (python -m fashion_lake.ingest image_folder --image_size 256)."
+    def budget(self) -> int:
+        """Bytes one rank's training loader may hold (``memory_budget``, or its default)."""
+        if self.memory_budget is not None:
+            return self.memory_budget
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return memory_limit() // (4 * max(1, devices))
+
+    def _group_units(self, dataset: LakeDataset, in_flight: int) -> int:
+        """Units per shuffle group: as many as the budget holds (two groups per partition, this
+        one and the next, read ahead), after the ``in_flight`` bytes of batches, up to 16.
+        Counted for all partitions, so it does not depend on the world size."""
+        budget, unit = self.budget(), max(1.0, dataset.unit_bytes())
+        fits = int((budget - in_flight) // (2 * self.num_partitions * unit))
+        if fits < 1:
+            need = in_flight + 2 * self.num_partitions * unit
+            raise ConfigError(
+                f"data.memory_budget of {budget / 2**20:.0f} MiB cannot hold one batch: a training rank "
+                f"needs ~{need / 2**20:.0f} MiB ({2 * self.num_partitions} read units of ~{unit / 2**20:.1f} "
+                f"MiB and {in_flight / 2**20:.0f} MiB of batches in flight); raise --data.memory_budget, or "
+                "lower --data.batch_size, --data.num_workers or --data.partitions."
             )
+        return min(16, fits)
 
     def _tasks(self, dataset: LakeDataset, workers: int, batch_bytes: int) -> tuple[int, int | None]:
         """(batches per worker task, tasks in flight per worker).
@@ -559,9 +608,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         shape = getattr(model, "input_shape", None)  # restored from the checkpoint before loaders exist
         size = (int(shape[1]), int(shape[2])) if shape else None
         dataset = ImageFiles(self.predict_files or [], self.num_channels, self.crops, size)
-        sampler = make_batch_sampler(len(dataset), self.per_device_batch_size, self.dist, shuffle=False)
+        batches = EvalBatches(SequentialSampler(dataset), self.per_device_batch_size, dist=self.dist)
         workers = self.num_workers or 0
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate)
 
     def _loader(self, split: str) -> DataLoader:
         if split == "predict" and self.predict_files is not None:
@@ -570,40 +619,36 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         dataset = self.datasets[split]
         train = split == "train"
-        # Lightning's overfit_batches promises the same batches every epoch; our shuffle is ours to fix
-        overfit = train and self.trainer is not None and bool(self.trainer.overfit_batches)
-        sampler = make_batch_sampler(
-            len(dataset),
-            self.per_device_batch_size,
-            self.dist,
-            shuffle=train,
-            seed=self.seed,
-            drop_last=self.drop_last,
-            block_size=self.block_size,
-            window=self.shuffle_window,
-            frozen=overfit,
-        )
-        if train and len(sampler) == 0:
-            raise DatasetError(
-                f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global batch of "
-                f"{self.per_device_batch_size * self.dist.world_size}; lower --data.batch_size or set "
-                "--data.drop_last false."
-            )
+        batch = self.per_device_batch_size
         workers = self._workers(dataset)
-        batch_bytes = self.per_device_batch_size * math.prod(dataset.sample_shape)
+        batch_bytes = batch * math.prod(dataset.sample_shape)
         group, prefetch = self._tasks(dataset, workers, batch_bytes)
+        in_flight = workers * ring_slots(prefetch) * group * batch_bytes if prefetch else 0
+        order = None
         if train:
-            slot_bytes = workers * ring_slots(prefetch) * group * batch_bytes if prefetch else 0
-            self._check_cache_memory(dataset, workers, slot_bytes)
+            order = self._train_order(dataset, self._group_units(dataset, in_flight))
+            if order(0).steps == 0:
+                raise DatasetError(
+                    f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global "
+                    f"batch of {batch * self.dist.world_size}; lower --data.batch_size or set "
+                    "--data.drop_last false."
+                )
+            self._say_path(dataset, workers, order(0))
         loader = LakeLoader(
             dataset,
-            batch_sampler=sampler,
+            batch_size=batch,
+            dist=self.dist,
+            order=order,
+            # Lightning's overfit_batches promises the same batches every epoch; our shuffle is ours to fix
+            frozen=train and self.trainer is not None and bool(self.trainer.overfit_batches),
+            group=group,
+            adopt=("group_units",) if self.partitions is not None else ("group_units", "partitions"),
             num_workers=workers,
             collate_fn=_passthrough,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=split in ("train", "val") and workers > 0,
+            # training workers fork each epoch, to read that epoch's plan
+            persistent_workers=split == "val" and workers > 0,
             prefetch_factor=prefetch,
-            group=group,
         )
         if train:
             self._train_loader = loader
@@ -611,6 +656,44 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 loader.load_state_dict(self._train_position)
                 self._train_position = None
         return loader
+
+    def _train_order(self, dataset: LakeDataset, group_units: int) -> Callable[[int], TrainOrder]:
+        """Epoch -> that epoch's training order for this dataset."""
+        world = self.dist.world_size
+        partitions = self.num_partitions
+        if partitions % world:
+            raise ConfigError(
+                f"data.partitions ({partitions}) must be a multiple of the world size ({world}): each "
+                f"rank reads its own partitions. Set --data.partitions {world * -(-partitions // world)} "
+                "(global batches then differ from runs with another partitions count)."
+            )
+        units, seed = dataset.units, self.seed
+        global_batch, drop_last = self.per_device_batch_size * world, self.drop_last
+
+        def order(epoch: int) -> TrainOrder:
+            return TrainOrder(units, global_batch, seed=seed, epoch=epoch, partitions=partitions,
+                              group_units=group_units, drop_last=drop_last, world_size=world)  # fmt: skip
+
+        return order
+
+    def _say_path(self, dataset: LakeDataset, workers: int, order: TrainOrder) -> None:
+        """One line naming the data path that is live: nothing falls back silently."""
+        info = dataset.info
+        if dataset.sample_transform is not None:
+            reading = "rows one at a time through ds.pytorch and the per-sample transform"
+        elif info.codec is None:
+            reading = "raw pixels"
+        else:
+            reading = f"{info.codec} decoded on the {'device' if dataset.decode_on_device else 'host'}"
+        units = len(dataset.units) - 1
+        rank_zero_info(
+            f"Training data: {self.urls['train']!r}, {reading}"
+            f"{', cropped to ' + 'x'.join(map(str, self.crops.size)) if self.crops else ''}; "
+            f"{workers} worker process{'' if workers == 1 else 'es'} per device; {units} read units "
+            f"({self.unit_kinds['train']}, ~{dataset.unit_bytes() / 2**20:.1f} MiB each); {order.partitions} "
+            f"partitions, {order.group_units} units per shuffle group; memory budget "
+            f"{self.budget() / 2**30:.2f} GiB per device."
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

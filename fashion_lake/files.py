@@ -88,7 +88,7 @@ class ImageFiles(Dataset):
             pixels = self.crops.pixels(pixels, self.channels, train=False, epoch=0, row=index)
         elif self.resizer is not None and pixels.shape[:2] != self.resizer.size:
             pixels = self.resizer.resize(pixels, (0.0, 0.0, float(pixels.shape[0]), float(pixels.shape[1])))
-        images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        images = torch.from_numpy(np.array(pixels, order="C")).permute(2, 0, 1)  # a writable copy
         return {"images": images, "index": index, "path": str(path)}
 
 

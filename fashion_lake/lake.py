@@ -260,7 +260,7 @@ def inspect_lake(
     base: Any = None,
     expected_classes: Sequence[str] | None = None,
 ) -> LakeInfo:
-    """Check columns, size, class names and label range; return what the loaders need.
+    """Check columns, size, class names and the first rows' labels; return what the loaders need.
 
     ``ds`` may be a query view; class names then come from ``base``, the dataset it views.
     ``expected_classes`` are the classes the model is built for (the training set's): a dataset
@@ -290,12 +290,15 @@ def inspect_lake(
             f"{url!r} has classes {class_names}, but the model is built for {list(expected_classes)} "
             "(the training set's); use datasets with the same classes, in the same order."
         )
-    labels = np.asarray(ds[label_column][0:rows])
-    if labels.ndim != 1 and labels.reshape(rows, -1).shape[1] != 1:
+    # the first rows only: the readers check every label as they read it (a scan here would
+    # download the whole column on every rank)
+    sample = min(rows, SAMPLE_ROWS)
+    labels = np.asarray(ds[label_column][0:sample])
+    if labels.ndim != 1 and labels.reshape(sample, -1).shape[1] != 1:
         raise DatasetError(
             f"column {label_column!r} of {url!r} holds {labels.shape[1:]} arrays, not one class id per row."
         )
-    labels = labels.reshape(rows)  # Deep Lake 3 class_label rows are (1,) arrays
+    labels = labels.reshape(sample)  # Deep Lake 3 class_label rows are (1,) arrays
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= len(class_names):
         bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])
@@ -303,7 +306,10 @@ def inspect_lake(
             f"row {bad} of {url!r} has label {int(labels[bad])}, outside 0..{len(class_names) - 1} "
             f"({len(class_names)} class names); fix the labels or the class names."
         )
-    first = np.asarray(ds[image_column][0:1])
+    for row in range(min(rows, 16)):  # the first image that decodes: a corrupt row is the reader's to name
+        first = np.asarray(ds[image_column][row : row + 1])
+        if first.dtype != object:
+            break
     if first.dtype != np.uint8:  # the pipeline scales 0..255 to 0..1 and augments uint8 batches
         raise DatasetError(
             f"column {image_column!r} of {url!r} holds {first.dtype} images; fashion_lake reads 8-bit "

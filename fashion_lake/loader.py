@@ -1,132 +1,214 @@
-"""``LakeLoader``: a ``StatefulDataLoader`` whose saved position is global, so it resumes anywhere.
+"""``LakeLoader``: a ``DataLoader`` that plans each epoch of a ``LakeDataset`` and joins its parts.
 
-A checkpoint records where the training epoch stands as ``(epoch, global rows consumed)``
-beside torchdata's own state. Resuming with the same world size, per-device batch and worker
-count, one batch per worker task, from a run that itself started the epoch at row 0, hands
-torchdata its state back (exact, worker RNG included). Otherwise (2 processes -> 1, another
-worker count, workers served groups of batches (``GroupedBatches``: torchdata counts tasks), or
-a second resume within an epoch that was already resumed that way) the loader restarts the same
-global epoch order after the rows already consumed, so no row is repeated or skipped
-(``sampler.py``); the fast path's pixels depend on no worker RNG, so its batches are the same.
+Training: each worker yields its part of every batch of the epoch (the rows in the units it
+reads, ``order.py``); torch hands the workers' items back in turn, worker 0, 1, ..., so each
+run of ``num_workers`` items holds one batch's parts, joined here in global-position order.
+A batch is therefore the same whatever the worker count.
 
-Only batches handed to the Trainer count as consumed: rows prefetched by workers but not yet
-trained on are read again after a resume.
+Its position is ``(epoch, batches consumed)``: the order fixes every row of every batch from
+there, on any world size that divides the partitions and any worker count, so a resume is
+exact with one code path. Only batches handed to the Trainer count as consumed: rows that
+workers prefetched but the Trainer did not take are read again after a resume.
+
+Evaluation: each worker reads a contiguous share of the rank's rows in whole batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from torchdata.stateful_dataloader import StatefulDataLoader
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from fashion_lake.errors import CheckpointError
 from fashion_lake.handoff import HostBatch, ring_slots
-from fashion_lake.sampler import GroupedBatches, ShardedBatchSampler
+from fashion_lake.order import DistContext, TrainOrder, eval_shares
+from fashion_lake.reader import EvalPlan, LakeDataset, TrainPlan
+
+# Lightning warns that an IterableDataset's length may count rows twice over workers; ours counts
+# batches assembled from every worker's part, exactly.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
-class LakeLoader(StatefulDataLoader):
-    """A ``StatefulDataLoader`` over a ``ShardedBatchSampler`` that can resume on any topology."""
+class EpochSampler(_InfiniteConstantSampler):
+    """The loader's sampler, where Lightning calls ``set_epoch``; ``frozen``: every epoch is
+    epoch 0 (``Trainer(overfit_batches=N)`` promises the same batches every epoch)."""
 
-    batch_sampler: ShardedBatchSampler
+    def __init__(self, frozen: bool = False) -> None:
+        super().__init__()
+        self.epoch, self.frozen = 0, frozen
 
-    def __init__(self, *args: Any, group: int = 1, **kwargs: Any) -> None:
-        self.group = group  # batches per worker task (``GroupedBatches``), with worker processes only
-        super().__init__(*args, **kwargs)
+    def set_epoch(self, epoch: int) -> None:
+        if not self.frozen:
+            self.epoch = epoch
+
+
+class LakeLoader(DataLoader):
+    """Training batches (``order`` maps an epoch to its ``TrainOrder``) or evaluation batches
+    (``order`` None) of a ``LakeDataset`` for one rank; ``group``: batches per worker item;
+    ``adopt``: the order's settings that a mid-epoch resume takes from the checkpoint."""
+
+    dataset: LakeDataset
+
+    def __init__(
+        self,
+        dataset: LakeDataset,
+        *,
+        batch_size: int,
+        dist: DistContext,
+        order: Callable[[int], TrainOrder] | None = None,
+        frozen: bool = False,
+        group: int = 1,
+        adopt: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        object.__setattr__(self, "sampler", EpochSampler(frozen))  # DataLoader refuses a sampler here
+        self.rank_batch, self.dist, self.order_of, self.group = batch_size, dist, order, group
         self._consumed = 0  # batches of the current epoch handed out by this process
         self._loaded: dict[str, Any] | None = None  # a loaded state not yet iterated from
+        self.adopt = adopt  # order settings a resume takes from the checkpoint (derived, not configured)
+        self._adopted: dict[str, int] = {}
         self.started = False  # whether any iteration has begun
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def order(self) -> TrainOrder:
+        order = self.order_of(self.epoch)
+        for key, value in self._adopted.items():
+            setattr(order, key, value)
+        return order
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.num_workers)
+
+    def plan(self, start: int = 0) -> TrainPlan | EvalPlan:
+        if self.order_of is not None:
+            return TrainPlan(self.order(), self.dist, start, self.group)
+        shares, count = eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)
+        return EvalPlan(shares, count, self.rank_batch, self.group)
+
+    def __len__(self) -> int:
+        if self.order_of is not None:
+            return self.order().steps
+        return eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)[1] * self.workers
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: this runs at the first ``next``, after Lightning's ``set_epoch``.
         self.started = True
         loaded, self._loaded = self._loaded, None
-        if loaded is not None and loaded["epoch"] != self.batch_sampler.epoch:
-            # That epoch ended short of its length (e.g. limit_train_batches): start afresh.
-            self.next_iter_state, loaded = None, None
-        self._consumed = loaded["batches"] if loaded else 0
-        for item in super().__iter__():
-            for batch in _batches(item):
+        start = loaded["batches"] if loaded is not None and loaded["epoch"] == self.epoch else 0
+        self._consumed = start
+        self.dataset.plan = self.plan(start)  # before the workers fork (training workers are not persistent)
+        items = super().__iter__()
+        while True:
+            parts = [_batches(item) for item in _take(items, self.workers)]
+            if not parts:
+                return
+            if self.order_of is None:  # whole batches, each worker's next in turn (as one batch a task)
+                for k in range(max(map(len, parts))):
+                    yield from (_without_positions(batches[k]) for batches in parts if k < len(batches))
+                continue
+            for step_parts in zip(*parts, strict=True):
                 self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
-                yield batch
-
-    @property
-    def _index_sampler(self) -> Any:
-        # What torch hands the workers, a task at a time: batches, or groups of them.
-        batches = super()._index_sampler
-        return GroupedBatches(batches, self.group) if self.group > 1 and self.num_workers > 0 else batches
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)  # batches, as they are yielded, however they were grouped
+                yield join(list(step_parts))
 
     def _get_iterator(self) -> Any:
-        # New workers fork here (from ``__iter__``, or ``state_dict`` before any): new slots first.
-        share = getattr(self.dataset, "share_slots", None)
-        if self.num_workers > 0 and share is not None:
-            rows = self.batch_sampler.batch_size * self.group
-            share(self.num_workers, ring_slots(self.prefetch_factor), rows, self.multiprocessing_context)
+        # New workers fork here: new slots first.
+        if self.num_workers > 0:
+            rows = self.rank_batch * self.group
+            self.dataset.share_slots(self.num_workers, ring_slots(self.prefetch_factor), rows,
+                                     self.multiprocessing_context)  # fmt: skip
         iterator = super()._get_iterator()
         # its workers write into these slots for as long as it lives, whatever the dataset holds next
-        iterator.lake_slots = getattr(self.dataset, "slots", None)
+        iterator.lake_slots = self.dataset.slots
         return iterator
-
-    def _topology(self) -> dict[str, int]:
-        sampler = self.batch_sampler
-        return {
-            "world_size": sampler.dist.world_size,
-            "batch_size": sampler.batch_size,
-            "num_workers": self.num_workers,
-            "group": self.group if self.num_workers > 0 else 1,
-        }
 
     def state_dict(self) -> dict[str, Any]:
         if self._loaded is not None:  # loaded, nothing consumed since: the same position
             return self._loaded
-        sampler = self.batch_sampler
+        order = self.order()
         return {
-            "epoch": sampler.epoch,
+            "epoch": self.epoch,
             "batches": self._consumed,
-            "rows": sampler.rows_consumed(self._consumed),
-            "offset": list(sampler.offset()),
-            "finished": self._consumed >= len(sampler),
-            "order": sampler.order_key(),
-            "topology": self._topology(),
-            "torchdata": super().state_dict(),
+            "finished": self._consumed >= order.steps,
+            "order": order.key(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "torchdata" not in state_dict:  # a bare torchdata state: the same topology by assumption
-            super().load_state_dict(state_dict)
+        if state_dict.get("finished"):  # saved at the end of an epoch: the next one starts afresh
+            self.set_epoch(state_dict["epoch"] + 1)
             return
-        sampler = self.batch_sampler
-        self.next_iter_state = None
-        if state_dict["finished"]:  # saved at the end of an epoch: the next one starts afresh
-            sampler.set_epoch(state_dict["epoch"] + 1)
-            super().load_state_dict({})
+        if state_dict.get("batches") == 0:  # nothing consumed (e.g. the batch size finder's restore)
+            self.set_epoch(state_dict["epoch"])
             return
-        order = sampler.order_key()
-        changed = {k: (v, order.get(k)) for k, v in state_dict["order"].items() if order.get(k) != v}
-        if changed:
+        saved = state_dict.get("order", {})
+        self._adopted = {key: saved[key] for key in self.adopt if key in saved}
+        partitions = self._adopted.get("partitions")
+        if partitions is not None and partitions % self.dist.world_size:
+            raise CheckpointError(
+                f"the checkpoint stopped mid-epoch in an order of {partitions} partitions, which "
+                f"{self.dist.world_size} processes cannot share; resume on a number of processes that "
+                "divides it, or from a checkpoint saved at an epoch end."
+            )
+        now = self.order_of(state_dict["epoch"]).key() if self.order_of is not None else {}
+        now.update(self._adopted)
+        changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if changed or "batches" not in state_dict:
             raise CheckpointError(
                 "the checkpoint stopped mid-epoch in a training order that no longer applies "
-                f"(checkpoint vs now: {changed}); resume with the same data version and data.seed / "
-                "block_size / shuffle_window / drop_last, or from a checkpoint saved at an epoch end."
+                f"(checkpoint vs now: {changed}); resume with the same data version, data.seed, "
+                "data.partitions, batch size and drop_last, or from a checkpoint saved at an epoch end."
             )
-        sampler.set_epoch(state_dict["epoch"])
-        # torchdata counts tasks: its state places a resume exactly only where a task is one batch
-        exact = self._topology()["group"] == 1
-        saved = {"group": 1, **state_dict["topology"]}  # checkpoints from before groups: one batch a task
-        if exact and saved == self._topology() and state_dict["offset"] == [0, 0]:
-            super().load_state_dict(state_dict["torchdata"])
-        else:
-            super().load_state_dict({})
-            sampler.resume(state_dict["epoch"], state_dict["rows"], state_dict["batches"])
+        self.set_epoch(state_dict["epoch"])
         self._loaded = state_dict
 
 
-def _batches(item: Any) -> list[Any]:
-    """The batches in what the DataLoader yields: a ``HostBatch`` (of one or a group of batches),
-    the list that the pin-memory thread made of one, or a batch already collated."""
+def _take(items: Iterator[Any], count: int) -> list[Any]:
+    out = []
+    for item in items:
+        out.append(item)
+        if len(out) == count:
+            break
+    return out
+
+
+def _batches(item: Any) -> list[dict[str, torch.Tensor]]:
+    """The batches (or parts) in what the DataLoader yields: a ``HostBatch`` of one or a group,
+    or the list that the pin-memory thread made of one."""
     if isinstance(item, HostBatch):
         return item.batches()
     return item if isinstance(item, list) else [item]
+
+
+def _without_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in batch.items() if key != "position"}
+
+
+def join(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch from its workers' parts, its rows in global-position order."""
+    if len(parts) == 1:
+        return _without_positions(parts[0])
+    order = torch.argsort(torch.cat([part["position"] for part in parts]), stable=True)
+    pinned = any(part["labels"].is_pinned() for part in parts)
+    out: dict[str, torch.Tensor] = {}
+    for key in parts[0]:
+        if key == "skipped":
+            out[key] = sum(part[key] for part in parts)
+        elif key == "encoded":  # one byte string per row, laid end to end: move whole rows
+            lengths = torch.cat([part["lengths"] for part in parts])
+            flat = torch.cat([part["encoded"] for part in parts])
+            pieces = torch.split(flat, lengths.tolist())
+            out[key] = torch.cat([pieces[i] for i in order.tolist()]) if len(pieces) else flat
+        elif key != "position":
+            out[key] = torch.cat([part[key] for part in parts])[order]
+    return {key: value.pin_memory() if pinned else value for key, value in out.items()}

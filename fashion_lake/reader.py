@@ -1,21 +1,20 @@
-"""Reading a Deep Lake dataset as fast batches: ``LakeDataset`` and its ``BlockCache``.
+"""Reading a Deep Lake dataset as batch parts: ``LakeDataset``.
 
-``LakeDataset`` is the map-style dataset the loaders use. Its ``__getitems__`` serves a whole
-batch (or a ``RowGroup`` of batches, one worker task) from a cache of contiguous
-``block_size``-row reads, issued together through Deep Lake's async reads: per process, or for
-an encoded column one cache that a loader's forked workers share (``blocks.py``), so that each
-block is read once, not once per worker. From a forked worker the images cross to the main
-process in shared slots (``handoff.py``). What a block holds
-depends on how the image column is stored:
+``LakeDataset`` is an iterable dataset that ``LakeLoader`` plans for each epoch. Each process
+that iterates it (the training process, or each DataLoader worker) reads only the read units it
+owns (``order.py``): each unit whole, with Deep Lake's async reads, issued a shuffle group
+ahead of use. It yields its part of every batch; the loader joins the parts. From a forked
+worker the images cross to the main process in shared slots (``handoff.py``). What a unit
+holds depends on how the image column is stored:
 
 - raw (uncompressed) columns: the pixels, read as column slices (memory copies);
-- png/jpeg columns: the encoded bytes (``column.get_bytes``), and only the rows of each batch
-  are decoded (``decode.py``), on the host in the worker that serves the batch or, for jpeg
-  on a CUDA device, as one batch on the device.
+- png/jpeg columns: the encoded bytes (``column.get_bytes``), and only the rows of each part
+  are decoded (``decode.py``), on the host in the process that owns them or, for jpeg on a
+  CUDA device, as one batch on the device.
 
-With ``crops`` (``data.image_size``) rows may differ in size: blocks hold one array (or one
-encoded image) per row, and each row of a batch is decoded, cropped and resized to the one
-output size (``crops.py``) in the worker that serves the batch.
+With ``crops`` (``data.image_size``) rows may differ in size: units hold one array (or one
+encoded image) per row, and each row is decoded, cropped and resized to the one output size
+(``crops.py``) in the process that owns it.
 
 With a per-sample transform every row goes through ``ds.pytorch(transform)`` instead, as in
 the Deep Lake tutorial.
@@ -27,15 +26,14 @@ import itertools
 import math
 import multiprocessing
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import IterableDataset, default_collate
 
-from fashion_lake.blocks import Block, ReadSpans, SharedBlocks
 from fashion_lake.crops import Crops
 from fashion_lake.decode import (
     SizeMismatch,
@@ -49,73 +47,51 @@ from fashion_lake.decode import (
 from fashion_lake.errors import DatasetError
 from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.lake import LakeInfo, LakeSource, storage_errors
-from fashion_lake.sampler import RowGroup
+from fashion_lake.order import DistContext, TrainOrder, chunks
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
+Block = tuple[np.ndarray, np.ndarray]  # a unit's images (pixels, or encoded bytes as objects), labels
+READ_HINT = (
+    "Transient storage errors were already retried; check that the storage is reachable and "
+    "the credentials are still valid, then resume with --ckpt_path last."
+)
 
 
-class BlockCache:
-    """Recently read blocks of ``block_size`` consecutive rows, in one preallocated slab.
+@dataclass(frozen=True)
+class Pending:
+    """A unit's read in flight: Deep Lake futures of its images and labels."""
 
-    A batch is served by a single gather from the slab; the blocks not yet held are read
-    together (``read`` gets all their row spans at once), replacing the least recently used
-    ones. Holding a shuffle window's blocks means each block is read once per window.
-    """
-
-    def __init__(self, block_size: int, capacity: int, read: ReadSpans):
-        self.block_size, self.capacity, self.read = block_size, max(1, capacity), read
-        self.slots: OrderedDict[int, int] = OrderedDict()  # block -> slot, least recent first
-        self.images: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-
-    def gather(self, idx: np.ndarray) -> Block:
-        blocks = idx // self.block_size
-        wanted, where = np.unique(blocks, return_inverse=True)
-        wanted_list = wanted.tolist()
-        if len(wanted_list) > self.capacity:  # a batch wider than the cache: grow, never thrash
-            self._resize(len(wanted_list))
-        for block in wanted_list:
-            if block in self.slots:
-                self.slots.move_to_end(block)
-        missing = [block for block in wanted_list if block not in self.slots]
-        if missing:
-            spans = [(b * self.block_size, (b + 1) * self.block_size) for b in missing]
-            for block, (images, labels) in zip(missing, self.read(spans), strict=True):
-                self._store(block, images, labels)
-        slot = np.fromiter((self.slots[b] for b in wanted_list), np.int64, len(wanted_list))
-        rows = slot[where] * self.block_size + (idx - blocks * self.block_size)
-        return self.images[rows], self.labels[rows]
-
-    def _store(self, block: int, images: np.ndarray, labels: np.ndarray) -> None:
-        if self.images is None:
-            self._resize(self.capacity, images)
-        if len(self.slots) < self.capacity:
-            slot = len(self.slots)
-        else:
-            _, slot = self.slots.popitem(last=False)
-        rows = slice(slot * self.block_size, slot * self.block_size + len(images))
-        self.images[rows], self.labels[rows] = images, labels
-        self.slots[block] = slot
-
-    def _resize(self, capacity: int, like: np.ndarray | None = None) -> None:
-        like = self.images if like is None else like
-        if like is None:  # nothing stored yet: the first block allocates this many
-            self.capacity = capacity
-            return
-        images = np.empty((capacity * self.block_size, *like.shape[1:]), dtype=like.dtype)
-        labels = np.empty(capacity * self.block_size, dtype=np.int64)
-        if self.images is not None:
-            images[: len(self.images)], labels[: len(self.labels)] = self.images, self.labels
-        self.images, self.labels, self.capacity = images, labels, capacity
+    images: Any
+    labels: Any
 
 
-class LakeDataset(Dataset):
-    """Rows of one Deep Lake dataset as ``{'images', 'labels', 'index'}``.
+@dataclass(frozen=True)
+class TrainPlan:
+    """A training epoch for one rank, from global batch ``start`` on, ``group`` steps per item."""
 
-    Fast path (no ``sample_transform``): ``__getitems__`` returns a whole batch with images as
-    uint8 ``(B, C, H, W)`` (see the module docstring). With ``decode_on_device`` a jpeg batch
-    leaves the loader still encoded, as ``encoded``/``lengths``, and ``decode_batch`` turns it
-    into images on the device. Normalisation and augmentation run on whole batches after that.
+    order: TrainOrder
+    dist: DistContext
+    start: int = 0
+    group: int = 1
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Evaluation for one rank: each worker's rows (``shares``) in ``count`` batches, ``group`` per item."""
+
+    shares: list[range]
+    count: int
+    batch_size: int
+    group: int = 1
+
+
+class LakeDataset(IterableDataset):
+    """Rows of one Deep Lake dataset, yielded as parts of ``{'images', 'labels', 'index'}`` batches.
+
+    Fast path (no ``sample_transform``): images as uint8 ``(B, C, H, W)`` (see the module
+    docstring). With ``decode_on_device`` a jpeg batch leaves the loader still encoded, as
+    ``encoded``/``lengths``, and ``decode_batch`` turns it into images on the device.
+    Normalisation and augmentation run on whole batches after that.
 
     Fidelity path (a ``sample_transform``): each row goes through ``ds.pytorch(transform)``
     one at a time, as in the Deep Lake tutorial.
@@ -125,68 +101,49 @@ class LakeDataset(Dataset):
         self,
         source: LakeSource,
         info: LakeInfo,
+        units: np.ndarray,
         image_column: str = "images",
         label_column: str = "labels",
         sample_transform: Callable[[Any], dict] | None = None,
-        block_size: int = 1024,
-        cache_blocks: int = 16,
         skip_corrupt: bool = False,
         decode_on_device: bool = False,
         crops: Crops | None = None,
         channels: int | None = None,
         train: bool = False,
     ) -> None:
-        self.source, self.info = source, info
+        self.source, self.info, self.units = source, info, np.asarray(units, dtype=np.int64)
         self.image_column, self.label_column = image_column, label_column
         self.sample_transform = sample_transform
-        self.block_size, self.cache_blocks = block_size, max(1, cache_blocks)
         self.skip_corrupt, self.decode_on_device = skip_corrupt, decode_on_device
         self.crops, self.train = crops, train
         self._channels = channels
+        self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
         self._ds: Any = None
         self._rows: Any = None
         self._pid: int | None = None
-        self._cache: BlockCache | None = None
-        self.slots: BatchSlots | None = None  # where workers' batches cross (``share_slots``)
-        self.blocks: SharedBlocks | None = None  # the encoded blocks its workers share (``share_slots``)
+        self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        cleared = {"_ds": None, "_rows": None, "_pid": None, "_cache": None, "slots": None, "blocks": None}
-        return {**self.__dict__, **cleared}
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None}
 
     def share_slots(self, workers: int, slots: int, rows: int, context: Any = None) -> None:
-        """Before ``workers`` DataLoader workers fork: shared slots for the images of their tasks,
-        ``rows`` each (``handoff.py``), and for an encoded column one block cache for them all
-        (``blocks.py``). Workers started otherwise (spawn, forkserver) send their images pickled
-        and read blocks each for itself."""
+        """Before ``workers`` DataLoader workers fork: shared slots for the images of their items,
+        ``rows`` each (``handoff.py``). Workers started otherwise (spawn, forkserver) send their
+        images pickled."""
         method = (context or multiprocessing).get_start_method()
         fast = method == "fork" and self.sample_transform is None
         self.slots = BatchSlots(workers, slots, rows * math.prod(self.sample_shape)) if fast else None
-        self.blocks = None
-        if fast and self.shares_blocks(workers):
-            # twice a block's mean size: room for blocks of larger images (untouched pages take no memory)
-            slot_bytes = int(2 * self.block_size * self.info.row_bytes) + (64 << 10)
-            blocks = self.shared_blocks(workers)
-            if blocks * slot_bytes <= total_memory() // 2:  # else each worker caches its own
-                self.blocks = SharedBlocks(blocks, self.block_size, slot_bytes, workers)
 
-    def shares_blocks(self, workers: int) -> bool:
-        """Whether ``workers`` forked workers share one block cache: for encoded columns only
-        (raw blocks are memory copies, cheaper than the sharing)."""
-        return workers > 1 and self.info.codec is not None and self.sample_transform is None
-
-    def shared_blocks(self, workers: int) -> int:
-        """Blocks a shared cache holds: twice a worker's own (a window and the next, as workers
-        straddle windows), plus one per worker."""
-        return 2 * self.cache_blocks + workers
+    def unit_bytes(self) -> float:
+        """What the largest unit takes in memory, by the dataset's mean row size."""
+        return float(np.diff(self.units).max()) * self.info.row_bytes
 
     @property
     def ds(self) -> Any:
         if self._ds is None or self._pid != os.getpid():
             self._ds = self.source.open()
             self._rows = self._ds.pytorch(transform=self.sample_transform)
-            self._cache = BlockCache(self.block_size, self.cache_blocks, self._read)
             self._pid = os.getpid()
         return self._ds
 
@@ -214,48 +171,137 @@ class LakeDataset(Dataset):
                 image = to_channels(image, self.channels)
             else:  # indexed one row at a time, outside an epoch: the evaluation crop
                 image = self.crops.pixels(image, self.channels, False, 0, self._row_id(int(index)))
-            images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            images = torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)  # a writable copy
         else:  # a per-column transform returns the columns under their own names
             images = row[self.image_column]
-        labels = int(_class_ids(np.asarray(row[self.label_column])[None], self.label_column)[0])
+        labels = int(self._checked(_class_ids(np.asarray(row[self.label_column])[None], self.label_column),
+                                   int(index))[0])  # fmt: skip
         return {"images": images, "labels": labels, "index": self._row_id(int(index))}
 
-    def __getitems__(self, indices: Sequence[int]) -> dict | HostBatch:
-        """One batch, or for a ``RowGroup`` (several batches, one worker task) all its rows at
-        once, to be split back into its batches in the main process (``HostBatch.batches``)."""
-        if self.sample_transform is not None:
-            if isinstance(indices, RowGroup):
-                raise ValueError("a RowGroup of batches cannot go through a per-sample transform")
-            rows = [self[i] for i in indices]
-            return default_collate(rows) if rows else {}
-        if isinstance(indices, RowGroup) and self.decode_on_device:
-            raise ValueError("a RowGroup of batches cannot be served encoded (decode_on_device)")
-        self.ds  # noqa: B018 - opens the handle (and cache) in this process
-        epoch = getattr(indices, "epoch", 0)  # a RowBatch (or RowGroup) from the sampler carries its epoch
-        sizes = [len(batch) for batch in indices] if isinstance(indices, RowGroup) else None
-        idx = np.asarray(list(itertools.chain.from_iterable(indices)) if sizes else indices, dtype=np.int64)
-        if not len(idx):  # a rank's empty share of the last evaluation batch
-            height, width, channels = self.sample_shape
-            empty = np.empty((0, channels, height, width), np.uint8)
-            return self._batch(empty, np.empty(0, np.int64), np.empty(0, np.int64), sizes)
-        images, labels = self._gather(idx)
+    # ------------------------------------------------------------------ the parts of an epoch
+    def __iter__(self) -> Iterator[HostBatch]:
+        plan = self.plan
+        if plan is None:
+            raise RuntimeError("a LakeDataset is read through LakeLoader, which plans each epoch")
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.ds  # noqa: B018 - opens the handle in this process
+        if isinstance(plan, TrainPlan):
+            parts = self._train_parts(plan, worker, workers)
+        else:
+            parts = self._eval_parts(plan, worker)
+        while group := list(itertools.islice(parts, plan.group)):
+            yield self._item(group, plan.group > 1)
+
+    def _train_parts(self, plan: TrainPlan, worker: int, workers: int) -> Iterator[dict]:
+        """This process's part of each of the rank's batches: the rows in units it owns."""
+        order = plan.order
+        owned = order.owned(plan.dist)
+        held: dict[int, Any] = {}  # unit -> Block, or its pending read
+        for step in range(plan.start, order.steps):
+            positions, rows = order.batch(step, owned)
+            units = np.searchsorted(self.units, rows, side="right") - 1
+            mine = units % workers == worker
+            positions, rows, units = positions[mine], rows[mine], units[mine]
+            if self.sample_transform is not None:
+                yield self._sample_part(rows, positions)
+                continue
+            wanted: set[int] = set()  # the shuffle groups in use and the next ones, of units read here
+            for p in owned:
+                at = order.spans(step, p)[0]
+                for group in order.partition_list[p].group_units_at(at):
+                    wanted.update(int(u) for u in group if u % workers == worker)
+            self._hold(wanted, held)
+            yield self._part(rows, *self._gather(rows, units, held), order.epoch, positions)
+
+    def _eval_parts(self, plan: EvalPlan, worker: int) -> Iterator[dict]:
+        """This worker's share of the rank's rows in storage order, in ``plan.count`` batches."""
+        held: dict[int, Any] = {}
+        for batch in chunks(plan.shares[worker], plan.batch_size, plan.count):
+            rows = np.arange(batch.start, batch.stop, dtype=np.int64)
+            if self.sample_transform is not None:
+                yield self._sample_part(rows, rows)
+                continue
+            units = np.searchsorted(self.units, rows, side="right") - 1
+            if len(rows):  # these units, and the next one to read ahead
+                self._hold(set(range(int(units[0]), min(int(units[-1]) + 2, len(self.units) - 1))), held)
+            yield self._part(rows, *self._gather(rows, units, held), 0, rows)
+
+    def _hold(self, wanted: set[int], held: dict[int, Any]) -> None:
+        """Drop the units no longer wanted; start reading the wanted ones not held yet."""
+        for unit in [u for u in held if u not in wanted]:
+            del held[unit]
+        missing = sorted(u for u in wanted if u not in held)
+        if missing:
+            held.update(zip(missing, self._start_read(missing), strict=True))
+
+    def _gather(self, rows: np.ndarray, units: np.ndarray, held: dict[int, Any]) -> Block:
+        """The images and labels of ``rows`` (in units ``units``), waiting for reads in flight."""
+        for unit in np.unique(units).tolist():
+            if isinstance(held.get(unit), Pending):
+                held[unit] = self._finish_read(unit, held[unit])
+            elif unit not in held:
+                held[unit] = self._read([unit])[0]
+        if not len(rows):
+            return np.empty(0, dtype=object), np.empty(0, np.int64)
+        first = held[int(units[0])][0]
+        images = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+        labels = np.empty(len(rows), dtype=np.int64)
+        for unit in np.unique(units).tolist():
+            at = np.flatnonzero(units == unit)
+            unit_images, unit_labels = held[unit]
+            local = rows[at] - self.units[unit]
+            images[at], labels[at] = unit_images[local], unit_labels[local]
+        return images, labels
+
+    def _item(self, parts: list[dict], grouped: bool) -> HostBatch:
+        """Parts (of consecutive steps) as one ``HostBatch``, to be split back by the loader."""
+        if not grouped:
+            return HostBatch(parts[0]).ship(self.slots)
+        arrays = {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key != "skipped"}
+        if "skipped" in parts[0]:
+            arrays["skipped"] = np.array([part["skipped"] for part in parts], dtype=np.int64)
+        return HostBatch(arrays, [len(part["labels"]) for part in parts]).ship(self.slots)
+
+    def _part(
+        self, idx: np.ndarray, images: np.ndarray, labels: np.ndarray, epoch: int, positions: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Rows ``idx`` (view rows) of a batch, decoded, cropped or as they are; corrupt ones dropped."""
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
-        if self.crops is not None:
-            cropped = self._stack(self._cropped(images, rows, epoch), labels, idx)
-            return self._batch(_chw(cropped), labels, rows, sizes)
-        if self.info.codec is not None:
+        if not len(idx):
+            height, width, channels = self.sample_shape
+            images = np.empty((0, channels, height, width), np.uint8)
+            if self.decode_on_device:
+                empty = {"encoded": np.empty(0, np.uint8), "lengths": np.empty(0, np.int64), "view": idx}
+                return {**empty, "labels": labels, "index": rows, "position": positions}
+        elif self.crops is not None:
+            images = _chw(self._stack(self._cropped(images, rows, epoch), labels, idx))
+        elif self.info.codec is not None:
             if self.decode_on_device:
                 flat, lengths = pack(images)
                 encoded = {"encoded": flat, "lengths": lengths, "view": idx}
-                return HostBatch({**encoded, "labels": labels, "index": rows})
+                return {**encoded, "labels": labels, "index": rows, "position": positions}
             images = _chw(self._decode(images, labels, idx))
-        return self._batch(images, labels, rows, sizes)
+        return self._skip({"images": images, "labels": labels, "index": rows, "position": positions})
 
-    def _gather(self, idx: np.ndarray) -> Block:
-        """Rows ``idx`` from the workers' shared block cache in a worker, else this process's own."""
-        if self.blocks is not None and torch.utils.data.get_worker_info() is not None:
-            return self.blocks.gather(idx, self._read)
-        return self._cache.gather(idx)
+    def _skip(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """With ``skip_corrupt``: the part without its corrupt rows, and their count as ``skipped``."""
+        if not self.skip_corrupt:
+            return part
+        keep = part["labels"] != CORRUPT
+        part = {key: value[keep] for key, value in part.items()}
+        part["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
+        return part
+
+    def _sample_part(self, idx: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``idx`` one at a time through the per-sample transform (the tutorial's path)."""
+        if not len(idx):
+            height, width, channels = self.info.sample_shape
+            images = np.empty((0, channels, height, width), np.float32)
+            return {"images": images, "labels": np.empty(0, np.int64), "index": idx, "position": positions}
+        batch = default_collate([self[int(i)] for i in idx])
+        part = {key: np.asarray(value) for key, value in batch.items()}
+        return {**part, "position": positions}
 
     def decode_batch(self, batch: dict, device: torch.device) -> dict:
         """An ``encoded`` batch (``decode_on_device``) with its images decoded on ``device``.
@@ -272,7 +318,8 @@ class LakeDataset(Dataset):
             labels, rows = batch["labels"].numpy().copy(), batch["index"].numpy()
             encoded = [part.numpy().tobytes() for part in unpack(flat, lengths)]
             images = self._decode(encoded, labels, view.numpy())
-            return self._batch(_chw(images), labels, rows).tensors()
+            part = self._skip({"images": _chw(images), "labels": labels, "index": rows})
+            return {key: torch.from_numpy(np.asarray(value)) for key, value in part.items()}
 
     def _cropped(self, images: np.ndarray, rows: np.ndarray, epoch: int) -> list[np.ndarray | None]:
         """Each row decoded (or taken as it is), cropped and resized to the output size."""
@@ -287,60 +334,57 @@ class LakeDataset(Dataset):
             for image, row in zip(images, rows, strict=True)
         ]
 
-    def _batch(
-        self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, sizes: list[int] | None = None
-    ) -> HostBatch:
-        """The rows as a ``HostBatch`` (of batches of ``sizes`` rows), corrupt rows dropped and counted."""
-        batch = {"images": images, "labels": labels, "index": rows}
-        if self.skip_corrupt:
-            keep = labels != CORRUPT
-            batch = {key: value[keep] for key, value in batch.items()}
-            if sizes is None:
-                batch["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
-            else:
-                kept = [int(part.sum()) for part in np.split(keep, np.cumsum(sizes)[:-1])]
-                batch["skipped"] = np.asarray(sizes, dtype=np.int64) - kept
-                sizes = kept
-        return HostBatch(batch, sizes).ship(self.slots)
+    def _start_read(self, units: list[int]) -> list[Any]:
+        """Start reading whole ``units``, concurrently (Deep Lake's async reads)."""
+        images_column, labels_column = self.ds[self.image_column], self.ds[self.label_column]
+        with storage_errors(f"reading {self._where(units)} of {self.source.url!r}", READ_HINT):
+            pending = []
+            for unit in units:
+                span = slice(int(self.units[unit]), int(self.units[unit + 1]))
+                images = (
+                    images_column.get_bytes_async(span)
+                    if self.info.codec is not None
+                    else images_column.get_async(span)
+                )
+                pending.append(Pending(images, labels_column.get_async(span)))
+        return pending
 
-    def _read(self, spans: list[tuple[int, int]]) -> list[Block]:
-        """Rows ``start:stop`` of each span, read concurrently: images (N, C, H, W) or encoded bytes
-        (N,), and labels (N,).
+    def _finish_read(self, unit: int, pending: Any) -> Block:
+        """A unit's rows once read: images (N, C, H, W) or encoded bytes (N,), and labels (N,).
 
         Deep Lake retries transient storage errors (resets, 5xx) itself; what still fails is
         permanent. Corrupt images come back from Deep Lake as ``None`` (they fail to decode, in
         ``_stack``, when we decode them): an error naming the row, or with ``skip_corrupt`` a
-        label of ``CORRUPT`` that ``_batch`` drops and counts.
+        label of ``CORRUPT`` that ``_part`` drops and counts.
         """
-        spans = [(start, min(stop, self.info.rows)) for start, stop in spans]
-        hint = (
-            "Transient storage errors were already retried; check that the storage is reachable and "
-            "the credentials are still valid, then resume with --ckpt_path last."
-        )
-        where = ", ".join(f"{start}..{stop - 1}" for start, stop in spans)
-        images_column, labels_column = self.ds[self.image_column], self.ds[self.label_column]
-        with storage_errors(f"reading rows {where} of {self.source.url!r}", hint):
-            pending = [
-                (
-                    images_column.get_bytes_async(slice(start, stop))
-                    if self.info.codec is not None
-                    else images_column.get_async(slice(start, stop)),
-                    labels_column.get_async(slice(start, stop)),
-                )
-                for start, stop in spans
-            ]
-            results = [(images.result(), labels.result()) for images, labels in pending]
-        blocks = []
-        for (start, _), (images, labels) in zip(spans, results, strict=True):
-            labels = _class_ids(np.asarray(labels), self.label_column)
-            if self.info.codec is not None or self.crops is not None:  # one object per row
-                blocks.append((_objects(images), labels))
-                continue
-            if not isinstance(images, np.ndarray) or images.dtype == object:
-                images = self._stack(list(images), labels, np.arange(start, start + len(images)))
-            images = to_channels(_hwc(images, batched=True), self.channels)
-            blocks.append((images.transpose(0, 3, 1, 2), labels))  # copied into the cache
-        return blocks
+        with storage_errors(f"reading {self._where([unit])} of {self.source.url!r}", READ_HINT):
+            images, labels = pending.images.result(), pending.labels.result()
+        start = int(self.units[unit])
+        labels = self._checked(_class_ids(np.asarray(labels), self.label_column), start)
+        if self.info.codec is not None or self.crops is not None:  # one object per row
+            return _objects(images), labels
+        if not isinstance(images, np.ndarray) or images.dtype == object:
+            images = self._stack(list(images), labels, np.arange(start, start + len(images)))
+        images = to_channels(_hwc(images, batched=True), self.channels)
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
+
+    def _read(self, units: list[int]) -> list[Block]:
+        return [self._finish_read(u, p) for u, p in zip(units, self._start_read(units), strict=True)]
+
+    def _where(self, units: list[int]) -> str:
+        return ", ".join(f"rows {self.units[u]}..{self.units[u + 1] - 1}" for u in units)
+
+    def _checked(self, labels: np.ndarray, first: int) -> np.ndarray:
+        """``labels`` (of view rows from ``first`` on), refused where outside the class range."""
+        classes = len(self.info.class_names)
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if len(bad):
+            row = self._row_id(first + int(bad[0]))
+            raise DatasetError(
+                f"row {row} of {self.source.url!r} has label {int(labels[bad[0]])}, outside "
+                f"0..{classes - 1} ({classes} class names); fix the labels or the class names."
+            )
+        return labels
 
     def _decode(self, encoded: np.ndarray, labels: np.ndarray, view_rows: np.ndarray) -> np.ndarray:
         """Encoded images decoded into one uint8 ``(N, H, W, C)`` array; ``labels`` is updated in place."""
@@ -390,28 +434,20 @@ class LakeDataset(Dataset):
         )
 
     def _corrupt_near(self, view_rows: np.ndarray) -> list[int]:
-        """Every corrupt row in the blocks holding ``view_rows``, for the error message."""
-        if self.info.codec is None:  # Deep Lake decoded the whole block: these are all of them
+        """Every corrupt row in the units holding ``view_rows``, for the error message."""
+        if self.info.codec is None:  # Deep Lake decoded the whole unit: these are all of them
             return sorted(self._row_id(int(r)) for r in view_rows)
-        self.ds  # noqa: B018 - opens the handle (and cache) in this process
-        blocks = np.unique(view_rows // self.block_size)
-        idx = np.concatenate(
-            [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.info.rows)) for b in blocks]
-        )
-        encoded, _ = self._gather(idx)
-        # one row at a time: a block of 12-megapixel photos decoded at once would take gigabytes
-        decode = lambda data: decode_host([data], self.info.codec, self.channels)[0]  # noqa: E731
-        return [self._row_id(int(r)) for r, data in zip(idx, encoded, strict=True) if decode(data) is None]
+        units = np.unique(np.searchsorted(self.units, view_rows, side="right") - 1).tolist()
+        found = []
+        for unit, (encoded, _) in zip(units, self._read(units), strict=True):
+            # one row at a time: a unit of 12-megapixel photos decoded at once would take gigabytes
+            for offset, data in enumerate(encoded):
+                if decode_host([data], self.info.codec, self.channels)[0] is None:
+                    found.append(self._row_id(int(self.units[unit]) + offset))
+        return found
 
     def _row_id(self, view_row: int) -> int:
         return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])
-
-
-def total_memory() -> int:
-    """This machine's physical memory in bytes (0 where the OS does not say)."""
-    if not hasattr(os, "sysconf"):
-        return 0
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:

@@ -93,6 +93,16 @@ def tiny_lakes(tiny_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 MakeLake = Callable[..., str]
 
 
+def global_batches(url: str, global_batch: int, epoch: int = 0, drop_last: bool = True) -> list[list[int]]:
+    """The rows of each global training batch of ``epoch`` as the data module orders them, by
+    global position: what every world size and worker count must train on."""
+    from fashion_lake import DeepLakeDataModule
+
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=global_batch, drop_last=drop_last)
+    order = dm.train_dataloader().order_of(epoch)
+    return [order.batch(step, range(order.partitions))[1].tolist() for step in range(order.steps)]
+
+
 def write_small_lake(
     url: str,
     rows: int = 10,

@@ -166,13 +166,19 @@ CASES: list[tuple[str, str, Argv, str]] = [
         fit("--data.crop_padding", "-1"),
         r"data.crop_padding must be 0",
     ),
+    ("partitions_0", "fashion_lake", fit("--data.partitions", "0"), r"data.partitions must be 1 or more"),
     (
-        "shuffle_window_negative",
+        "memory_budget_words",
         "fashion_lake",
-        fit("--data.shuffle_window", "-1"),
-        r"data.shuffle_window must",
+        fit("--data.memory_budget", "lots"),
+        r"data.memory_budget must be a number of bytes or a size such as 2GiB",
     ),
-    ("block_size_0", "fashion_lake", fit("--data.block_size", "0"), r"data.block_size must be 1 or more"),
+    (
+        "memory_budget_too_small",
+        "fashion_lake",
+        fit("--data.memory_budget", "1MB"),
+        r"data.memory_budget of 1 MiB cannot hold one batch: .* raise --data.memory_budget",
+    ),
     (
         "global_batch_0",
         "fashion_lake",

@@ -15,7 +15,7 @@ from PIL import Image
 from fashion_lake import DeepLakeDataModule
 from fashion_lake.errors import ConfigError, DatasetError
 from fashion_lake.ingest import read_idx
-from fashion_lake.sampler import DistContext
+from fashion_lake.order import DistContext
 
 ROWS = {"train": 120, "test": 50}  # conftest's TINY_ROWS
 
@@ -59,8 +59,7 @@ def test_jpeg_lake_decodes_like_deeplake(codec_lakes: dict, real_raw_dir: Path) 
 def test_two_ranks_with_workers_read_every_row_once(codec_lakes: dict, codec: str) -> None:
     consumed = []
     for rank in range(2):
-        dm = _module(codec_lakes[codec], global_batch_size=20, num_workers=2, drop_last=False,
-                     block_size=16, shuffle_window=48)  # fmt: skip
+        dm = _module(codec_lakes[codec], global_batch_size=20, num_workers=2, drop_last=False)  # fmt: skip
         dm.dist = DistContext(rank, 2)
         batches = list(dm.train_dataloader())
         assert all(b["images"].shape[1:] == (1, 28, 28) for b in batches)
@@ -72,7 +71,7 @@ def test_two_ranks_with_workers_read_every_row_once(codec_lakes: dict, codec: st
 def test_batches_hold_their_rows_pixels(codec_lakes: dict, real_raw_dir: Path) -> None:
     """Shuffled training batches from worker processes: each image is the one of its row."""
     images, labels = _source(real_raw_dir, "train")
-    dm = _module(codec_lakes["png"], batch_size=16, num_workers=2, block_size=16, shuffle_window=48)
+    dm = _module(codec_lakes["png"], batch_size=16, num_workers=2)
     for batch in dm.train_dataloader():
         rows = batch["index"].numpy()
         np.testing.assert_array_equal(batch["images"][:, 0].numpy(), images[rows])
@@ -81,7 +80,7 @@ def test_batches_hold_their_rows_pixels(codec_lakes: dict, real_raw_dir: Path) -
 
 def test_resume_mid_epoch_on_a_png_lake(codec_lakes: dict) -> None:
     def make() -> DeepLakeDataModule:
-        return _module(codec_lakes["png"], batch_size=16, num_workers=2, block_size=16, shuffle_window=48)
+        return _module(codec_lakes["png"], batch_size=16, num_workers=2)
 
     dm = make()
     batches = iter(dm.train_dataloader())

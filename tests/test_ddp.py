@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fashion_lake.sampler import block_shuffle
+from conftest import global_batches
 
 TESTS = Path(__file__).resolve().parent
 TRAIN_ROWS, VAL_ROWS, BATCH = 120, 50, 16
@@ -32,16 +31,15 @@ def _records(out: Path, world: int) -> list[dict]:
     return records
 
 
-def _assert_train_shards(records: list[dict], epochs: int) -> None:
-    """Rank r's batch s is slice r of global batch s of the world-size-free epoch order."""
+def _assert_train_shards(records: list[dict], epochs: int, url: str) -> None:
+    """Step s of every rank together is global batch s of the world-size-free epoch order."""
     world = len(records)
     for epoch in range(epochs):
-        order = block_shuffle(TRAIN_ROWS, seed=0, epoch=epoch, block_size=1024, window=16384)
+        expected = global_batches(url, BATCH * world, epoch, drop_last=False)
         per_rank = [[b[1:] for b in r["rows"]["train"] if b[0] == epoch] for r in records]
-        steps = [np.concatenate([per_rank[r][s] for r in range(world)]) for s in range(len(per_rank[0]))]
-        consumed = np.concatenate(steps)
-        assert sorted(consumed.tolist()) == list(range(TRAIN_ROWS)), "each row exactly once per epoch"
-        assert consumed.tolist() == order.tolist(), "the global order is the single-process order"
+        steps = [sorted(sum((per_rank[r][s] for r in range(world)), [])) for s in range(len(per_rank[0]))]
+        assert steps == [sorted(batch) for batch in expected], "the global batches of one process"
+        assert sorted(sum(steps, [])) == list(range(TRAIN_ROWS)), "each row exactly once per epoch"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +58,12 @@ def ddp_fit(
     return tmp, args
 
 
-def test_ddp_fit_with_workers_reads_each_row_once(ddp_fit: tuple[Path, list[str]]) -> None:
+def test_ddp_fit_with_workers_reads_each_row_once(
+    ddp_fit: tuple[Path, list[str]], tiny_lakes: dict[str, str]
+) -> None:
     tmp, _ = ddp_fit
     records = _records(tmp / "fit", 2)
-    _assert_train_shards(records, epochs=2)
+    _assert_train_shards(records, 2, tiny_lakes["train"])
     val = [np.concatenate([np.array(b, dtype=int) for b in r["rows"]["val"]]) for r in records]
     assert sorted(np.concatenate(val).tolist()) == sorted(list(range(VAL_ROWS)) * 2)  # 2 epochs of validation
 
@@ -75,7 +75,7 @@ def test_ddp_fit_without_workers(tiny_lakes: dict[str, str], tmp_path: Path, run
     cmd = _cli("fit", args, tmp_path / "fit", "--data.num_workers", "0", "--trainer.max_epochs", "1")
     overlay = ["--config", str(TESTS.parent / "configs" / "ddp.yaml"), "--trainer.devices", "2"]
     run_cli([*cmd, *overlay], tmp_path)
-    _assert_train_shards(_records(tmp_path / "fit", 2), epochs=1)
+    _assert_train_shards(_records(tmp_path / "fit", 2), 1, tiny_lakes["train"])
 
 
 def test_validate_on_two_processes_equals_one(
@@ -137,4 +137,4 @@ def test_two_nodes_with_torchrun(tiny_lakes: dict[str, str], tmp_path: Path, clo
     for node in nodes:
         output, _ = node.communicate(timeout=600)
         assert node.returncode == 0, output[-6000:]
-    _assert_train_shards(_records(tmp_path / "fit", 2), epochs=1)
+    _assert_train_shards(_records(tmp_path / "fit", 2), 1, tiny_lakes["train"])

@@ -73,19 +73,20 @@ def test_worker_batches_cross_in_slots_and_stopped_epochs_free_them(
     images = read_idx(real_raw_dir / "train-images-idx3-ubyte.gz")[:120]
     seen = _crossings(monkeypatch)
     monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches: 8 per epoch, several left unread
-    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2, block_size=16,
-                            shuffle_window=48)  # fmt: skip
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2)  # fmt: skip
     loader = dm.train_dataloader()
     for epoch in range(8):  # each stopped after one batch, leaving the workers' prefetched ones unread
-        loader.batch_sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)
         next(iter(loader))
-    loader.batch_sampler.set_epoch(8)
+    loader.set_epoch(8)
     batches = list(loader)
     assert sum(len(b["index"]) for b in batches) == 120
     for batch in batches:
         np.testing.assert_array_equal(batch["images"][:, 0].numpy(), images[batch["index"].numpy()])
     assert len(batches) == 15 and loader.group == 2
-    assert seen == Counter(SlotRef=8 + 8)  # a task each, then 8; slots kept by stopped epochs would run out
+    # each stopped epoch took one item of each worker, the whole one 8 of each: slots kept by
+    # stopped epochs would run out
+    assert seen == Counter(SlotRef=2 * 8 + 2 * 8)
 
 
 def test_spawned_workers_get_no_slots(codec_lakes: dict) -> None:
@@ -119,7 +120,7 @@ def test_grouped_tasks_yield_the_batches_of_single_ones(
     def loader(group_rows: int):
         monkeypatch.setattr(data, "GROUP_ROWS", group_rows)
         dm = DeepLakeDataModule(train_url=corrupt_jpeg_lake, val_url=corrupt_jpeg_lake, batch_size=3,
-                                num_workers=2, skip_corrupt=True, block_size=4, shuffle_window=8)  # fmt: skip
+                                num_workers=2, skip_corrupt=True)  # fmt: skip
         return dm.train_dataloader() if split == "train" else dm.val_dataloader()
 
     single, grouped = loader(1), loader(6)
@@ -134,8 +135,7 @@ def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: p
 
     def make() -> DeepLakeDataModule:
         url = codec_lakes["png"]
-        return DeepLakeDataModule(train_url=url["train"], val_url=url["test"], batch_size=16, num_workers=2,
-                                  block_size=16, shuffle_window=48)  # fmt: skip
+        return DeepLakeDataModule(train_url=url["train"], val_url=url["test"], batch_size=16, num_workers=2)
 
     dm = make()
     loader = dm.train_dataloader()
@@ -153,8 +153,9 @@ def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: p
 def _png_module(codec_lakes: dict, monkeypatch: pytest.MonkeyPatch, **kwargs) -> DeepLakeDataModule:
     monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches of 8
     url = codec_lakes["png"]
-    return DeepLakeDataModule(train_url=url["train"], val_url=url["test"], batch_size=8, num_workers=2,
-                              block_size=16, shuffle_window=48, **kwargs)  # fmt: skip
+    return DeepLakeDataModule(
+        train_url=url["train"], val_url=url["test"], batch_size=8, num_workers=2, **kwargs
+    )
 
 
 def test_predict_with_grouped_workers_reads_every_row_once(
@@ -170,7 +171,7 @@ def test_predict_with_grouped_workers_reads_every_row_once(
                          use_distributed_sampler=False, accelerator="cpu")  # fmt: skip
     out = trainer.predict(FashionMnistModule(), datamodule=dm)
     assert dm.predict_dataloader().group == 2
-    assert torch.cat([o["index"] for o in out]).tolist() == list(range(50))
+    assert sorted(torch.cat([o["index"] for o in out]).tolist()) == list(range(50))
 
 
 def test_loaders_over_one_dataset_keep_their_own_slots(
@@ -181,8 +182,10 @@ def test_loaders_over_one_dataset_keep_their_own_slots(
     first = iter(test)
     head = next(first)
     second = iter(test)
-    assert [b["index"].tolist() for b in second] == [list(range(s, min(s + 8, 50))) for s in range(0, 50, 8)]
-    assert torch.cat([head["index"], *(b["index"] for b in first)]).tolist() == list(range(50))
+    shares = [range(0, 25), range(25, 50)]  # each worker's, in batches of 8, the workers in turn
+    batches = [list(share[s : s + 8]) for s in range(0, 32, 8) for share in shares]
+    assert [b["index"].tolist() for b in second] == batches
+    assert sorted(torch.cat([head["index"], *(b["index"] for b in first)]).tolist()) == list(range(50))
     old = dm.val_dataloader()
     list(old)
     list(dm.val_dataloader())  # a second loader over the same dataset, with its own workers
@@ -192,13 +195,15 @@ def test_loaders_over_one_dataset_keep_their_own_slots(
 def test_a_ranks_empty_share_of_the_last_eval_batch(
     codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fashion_lake.sampler import DistContext
+    from fashion_lake.order import DistContext
 
-    rows = []
-    for rank in range(3):  # 50 rows in global batches of 24: the last 2 rows leave rank 2 nothing
+    rows, sizes = [], []
+    for rank in range(3):  # 50 rows: 16 or 17 a rank, 8 or 9 a worker, in batches of 8
         dm = _png_module(codec_lakes, monkeypatch)
         dm.dist = DistContext(rank, 3)
         batches = list(dm.val_dataloader())
-        assert len(batches) == 3 and all(b["images"].shape[1:] == (1, 28, 28) for b in batches)
+        assert all(b["images"].shape[1:] == (1, 28, 28) for b in batches)
+        sizes.append([len(b["index"]) for b in batches])
         rows += torch.cat([b["index"] for b in batches]).tolist()
-    assert len(batches[-1]["index"]) == 0 and sorted(rows) == list(range(50))
+    assert sorted(rows) == list(range(50))
+    assert {len(s) for s in sizes} == {4} and 0 in sizes[0]  # the same steps everywhere: empty ones pad

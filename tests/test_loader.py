@@ -1,174 +1,144 @@
-"""LakeLoader positions: saved mid-epoch on one topology, resumed on the same or another one."""
+"""LakeLoader: the same global batches on any world size and worker count, each read unit read
+by one process, and positions that resume anywhere."""
 
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+
+import deeplake
 import numpy as np
 import pytest
-import torch
+from conftest import global_batches
 
+from fashion_lake import DeepLakeDataModule
 from fashion_lake.loader import LakeLoader
-from fashion_lake.sampler import DistContext, block_shuffle, make_batch_sampler
+from fashion_lake.order import DistContext
+from fashion_lake.reader import LakeDataset
+from fashion_lake.units import LocalLog, chunk_units
 
-ROWS, SEED, EPOCH = 103, 5, 2
-
-
-class RowIds(torch.utils.data.Dataset):
-    """Each row is its own id, so a batch shows which rows it holds."""
-
-    def __len__(self) -> int:
-        return ROWS
-
-    def __getitem__(self, row: int) -> int:
-        return row
+COMMITS = [40, 43, 40, 40, 40]  # rows per commit: each commit closes a storage chunk
+ROWS, EPOCH, GLOBAL = sum(COMMITS), 2, 16
 
 
-def _loader(
-    rank: int, world: int, global_batch: int, workers: int = 0, drop_last: bool = False
-) -> LakeLoader:
-    sampler = make_batch_sampler(
-        ROWS, global_batch // world, DistContext(rank, world), shuffle=True, seed=SEED, drop_last=drop_last,
-        block_size=8, window=32,
-    )  # fmt: skip
-    sampler.set_epoch(EPOCH)
-    return LakeLoader(RowIds(), batch_sampler=sampler, num_workers=workers)
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = str(tmp_path_factory.mktemp("units") / "lake")
+    ds = deeplake.create(url)
+    ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression="null"))
+    ds.add_column("labels", deeplake.types.ClassLabel("int32"))
+    ds["labels"].metadata["class_names"] = ["a", "b", "c"]
+    start = 0
+    for rows in COMMITS:
+        ids = np.arange(start, start + rows)
+        ds.append({"images": np.repeat((ids % 251).astype(np.uint8), 16).reshape(rows, 4, 4, 1),
+                   "labels": (ids % 3).astype(np.int32)})  # fmt: skip
+        ds.commit()
+        start += rows
+    return url
 
 
-def _run(world: int, global_batch: int, steps: int | None = None, states=None, **kw) -> tuple[list, list]:
-    """Each rank's batches (up to ``steps``, else to the end of the epoch) and final states."""
-    loaders = [_loader(r, world, global_batch, **kw) for r in range(world)]
-    for loader, state in zip(loaders, states or [None] * world, strict=True):
-        if state is not None:
-            loader.load_state_dict(state)
+def _loader(url: str, rank: int, world: int, workers: int = 0) -> LakeLoader:
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=GLOBAL // world, num_workers=workers,
+                            drop_last=False)  # fmt: skip
+    dm.dist = DistContext(rank, world)
+    loader = dm.train_dataloader()
+    loader.set_epoch(EPOCH)
+    return loader
+
+
+def _steps(loaders: list[LakeLoader], steps: int | None = None) -> list[list[int]]:
+    """Each step's rows over all ranks, sorted; pixels checked against the row ids."""
     iters = [iter(loader) for loader in loaders]
-    steps_run = len(loaders[0]) - (states[0]["batches"] if states else 0) if steps is None else steps
-    batches = [[next(it).tolist() for _ in range(steps_run)] for it in iters]
-    return batches, [loader.state_dict() for loader in loaders]
+    out = []
+    for _ in range(steps if steps is not None else len(loaders[0]) - loaders[0].state_dict()["batches"]):
+        batches = [next(it) for it in iters]
+        for batch in batches:
+            assert (batch["images"][:, 0, 0, 0] == batch["index"] % 251).all()
+            assert (batch["labels"] == batch["index"] % 3).all()
+        out.append(sorted(row for batch in batches for row in batch["index"].tolist()))
+    return out
 
 
-def _global(batches: list[list]) -> list[int]:
-    """Reassemble the global order from per-rank batches, step by step, ranks in order."""
-    return [row for step in zip(*batches, strict=True) for part in step for row in part]
+def test_units_are_the_storage_chunks(lake: str) -> None:
+    assert chunk_units(LocalLog(Path(lake)), "images").tolist() == np.cumsum([0, *COMMITS]).tolist()
+    assert chunk_units(LocalLog(Path(lake)), "labels") is not None
 
 
-@pytest.mark.parametrize(
-    ("world", "new_world", "workers"), [(1, 1, 0), (1, 1, 2), (2, 1, 0), (1, 3, 0), (2, 4, 1)]
-)
-def test_resume_continues_the_global_order(world: int, new_world: int, workers: int) -> None:
-    order = block_shuffle(ROWS, SEED, EPOCH, block_size=8, window=32).tolist()
-    before, states = _run(world, 12, steps=3, workers=workers)
-    # Every rank restores rank 0's state, as every process reads the same checkpoint.
-    after, _ = _run(new_world, 12, states=[states[0]] * new_world, workers=workers)
-    consumed = _global(before) + _global(after)
-    assert consumed == order, "every row exactly once, in the uninterrupted order"
-    assert states[0]["rows"] == 36 and states[0]["batches"] == 3
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (1, 2), (2, 2), (4, 0), (8, 1)])
+def test_global_batches_for_any_world_size_and_workers(lake: str, world: int, workers: int) -> None:
+    expected = [sorted(b) for b in global_batches(lake, GLOBAL, EPOCH, drop_last=False)]
+    got = _steps([_loader(lake, rank, world, workers) for rank in range(world)])
+    assert got == expected
+    assert sorted(sum(got, [])) == list(range(ROWS))
 
 
-def test_same_topology_restores_torchdata_state_and_len() -> None:
-    loader = _loader(0, 1, 10)
-    it = iter(loader)
-    first = [next(it).tolist() for _ in range(4)]
-    state = loader.state_dict()
-    resumed = _loader(0, 1, 10)
-    resumed.load_state_dict(state)
-    rest = [b.tolist() for b in resumed]
-    assert len(first) + len(rest) == len(resumed) == 11
-    assert sorted(sum(first + rest, [])) == list(range(ROWS))
-    assert resumed.state_dict()["finished"]
+@pytest.mark.parametrize(("world", "workers", "new_world", "new_workers"),
+                         [(1, 0, 1, 2), (2, 2, 1, 0), (1, 2, 4, 0), (2, 0, 8, 1)])  # fmt: skip
+def test_resume_anywhere_continues_the_same_batches(
+    lake: str, world: int, workers: int, new_world: int, new_workers: int
+) -> None:
+    expected = [sorted(b) for b in global_batches(lake, GLOBAL, EPOCH, drop_last=False)]
+    before = [_loader(lake, rank, world, workers) for rank in range(world)]
+    first = _steps(before, 3)
+    state = before[0].state_dict()  # every rank restores rank 0's, as every process reads one checkpoint
+    assert state["batches"] == 3 and not state["finished"]
+    after = [_loader(lake, rank, new_world, new_workers) for rank in range(new_world)]
+    for loader in after:
+        loader.load_state_dict(state)
+        assert loader.state_dict() == state  # taken before iterating: the same position
+    assert first + _steps(after) == expected
+    assert after[0].state_dict()["finished"]
 
 
-def test_other_topology_counts_steps_already_taken() -> None:
-    """Lightning counts batches already taken towards ``len``; the new world must agree."""
-    _, states = _run(2, 20, steps=2)  # 40 rows in 2 steps
-    resumed = _loader(0, 1, 10)
-    resumed.load_state_dict(states[0])
-    assert len(resumed) == 2 + 7  # 63 rows left: 6 full batches of 10 and a tail of 3
-    assert len(list(resumed)) == 7
-    resumed.batch_sampler.set_epoch(EPOCH + 1)
-    assert len(resumed) == 11, "the resumed epoch is over: the next one is whole"
+def test_each_unit_is_read_by_one_process(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 ranks x 2 workers over 5 units: a unit is read twice only where a partition cut between
+    two processes falls inside it (at most processes - 1 such reads)."""
+    reads = multiprocessing.get_context("fork").Array("i", len(COMMITS))
+    start = LakeDataset._start_read
+
+    def counted(self: LakeDataset, units: list[int]) -> list:
+        with reads.get_lock():
+            for unit in units:
+                reads[unit] += 1
+        return start(self, units)
+
+    monkeypatch.setattr(LakeDataset, "_start_read", counted)
+    _steps([_loader(lake, rank, 4, 2) for rank in range(4)])
+    assert min(reads) >= 1 and sum(reads) <= len(COMMITS) + 4 * 2 - 1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_second_resume_in_the_same_epoch(workers: int) -> None:
-    """2 processes -> 1 (rows path), killed again, resumed on 1 (same topology as the last run)."""
-    order = block_shuffle(ROWS, SEED, EPOCH, block_size=8, window=32).tolist()
-    first, states = _run(2, 20, steps=2, workers=workers)
-    second = _loader(0, 1, 10, workers=workers)
-    second.load_state_dict(states[0])
-    it = iter(second)
-    middle = [next(it).tolist() for _ in range(2)]
-    third = _loader(0, 1, 10, workers=workers)
-    third.load_state_dict(second.state_dict())
-    rest = [b.tolist() for b in third]
-    assert _global(first) + sum(middle + rest, []) == order
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_end_of_an_elastic_epoch_is_finished(workers: int) -> None:
-    """Workers exhaust the batch sampler early; the state at the epoch's end must still say so."""
-    _, states = _run(2, 20, steps=2, workers=workers)
-    resumed = _loader(0, 1, 10, workers=workers)
-    resumed.load_state_dict(states[0])
-    it = iter(resumed)
-    for _ in range(len(resumed) - 2):  # as Lightning: len minus the steps already taken, no StopIteration
-        next(it)
-    state = resumed.state_dict()
-    assert state["finished"] and state["rows"] == ROWS
-    after = _loader(0, 1, 10, workers=workers)
-    after.load_state_dict(state)
-    epoch = sorted(row for b in after for row in b.tolist())
-    assert after.batch_sampler.epoch == EPOCH + 1 and epoch == list(range(ROWS))
-
-
-def test_a_state_taken_before_iterating_keeps_the_position() -> None:
-    """A checkpoint between restoring and the first batch (e.g. during the sanity check)."""
-    _, states = _run(2, 20, steps=2)
-    for loader in (_loader(0, 1, 10), _loader(0, 2, 20)):  # another topology, then the same
-        loader.load_state_dict(states[0])
-        assert {k: loader.state_dict()[k] for k in ("epoch", "batches", "rows")} == {
-            "epoch": EPOCH, "batches": 2, "rows": 40,
-        }  # fmt: skip
-
-
-def test_an_epoch_cut_short_does_not_shorten_the_next() -> None:
+def test_an_epoch_cut_short_does_not_shorten_the_next(lake: str) -> None:
     """limit_train_batches ends an epoch before len(loader): the next epoch is whole."""
-    loader = _loader(0, 1, 10)
+    loader = _loader(lake, 0, 1)
     it = iter(loader)
     for _ in range(3):
         next(it)
-    resumed = _loader(0, 1, 10)
+    resumed = _loader(lake, 0, 1)
     resumed.load_state_dict(loader.state_dict())
-    resumed.batch_sampler.set_epoch(EPOCH + 1)  # Lightning moves on: that epoch was over
-    assert sorted(row for b in resumed for row in b.tolist()) == list(range(ROWS))
+    resumed.set_epoch(EPOCH + 1)  # Lightning moves on: that epoch was over
+    rows = sorted(row for batch in resumed for row in batch["index"].tolist())
+    assert rows == list(range(ROWS))
 
 
-def test_a_changed_order_is_refused() -> None:
+def test_a_finished_epoch_resumes_at_the_next(lake: str) -> None:
+    loader = _loader(lake, 0, 2)
+    for _ in loader:
+        pass
+    state = loader.state_dict()
+    assert state["finished"]
+    resumed = _loader(lake, 0, 1)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == EPOCH + 1 and len(list(resumed)) == len(resumed)
+
+
+def test_another_order_is_refused_mid_epoch(lake: str) -> None:
     from fashion_lake.errors import CheckpointError
 
-    _, states = _run(1, 10, steps=2)
-    other = LakeLoader(RowIds(), batch_sampler=make_batch_sampler(
-        ROWS, 10, DistContext(), shuffle=True, seed=SEED + 1, block_size=8, window=32))  # fmt: skip
-    with pytest.raises(CheckpointError, match=r"training order that no longer applies.*'seed': \(5, 6\)"):
-        other.load_state_dict(states[0])
-
-
-def test_state_saved_at_epoch_end_starts_the_next_epoch() -> None:
-    _, states = _run(1, 10)
-    assert states[0]["finished"]
-    resumed = _loader(0, 2, 10)
-    resumed.load_state_dict(states[0])
-    assert resumed.batch_sampler.epoch == EPOCH + 1
-    expected = block_shuffle(ROWS, SEED, EPOCH + 1, block_size=8, window=32)[:5].tolist()
-    assert next(iter(resumed)).tolist() == expected
-
-
-def test_prefetched_batches_are_not_consumed() -> None:
-    """With workers running ahead, the state counts only batches handed out."""
-    loader = _loader(0, 1, 10, workers=2)
+    loader = _loader(lake, 0, 1)
     it = iter(loader)
-    taken = [next(it).tolist() for _ in range(2)]
+    next(it)
     state = loader.state_dict()
-    assert state["batches"] == 2 and state["rows"] == 20
-    other = _loader(0, 1, 10, workers=1)  # another worker count: resumed from the row count
-    other.load_state_dict(state)
-    rest = [b.tolist() for b in other]
-    assert np.array_equal(np.concatenate(taken + rest), block_shuffle(ROWS, SEED, EPOCH, 8, 32))
+    other = DeepLakeDataModule(train_url=lake, val_url=lake, batch_size=GLOBAL, drop_last=False, seed=9)
+    with pytest.raises(CheckpointError, match="no longer applies"):
+        other.train_dataloader().load_state_dict(state)

@@ -19,7 +19,8 @@ from fashion_lake.crops import EVAL_CROP, Crops
 from fashion_lake.data import IMAGENET_STATS
 from fashion_lake.errors import ConfigError, DatasetError
 from fashion_lake.loader import LakeLoader
-from fashion_lake.sampler import DistContext
+from fashion_lake.order import DistContext
+from fashion_lake.units import memory_limit
 
 SIZES = [(120, 160), (192, 144), (256, 200), (84, 108), (160, 160)]  # (H, W)
 CLASSES = ["beach", "forest", "city"]
@@ -82,7 +83,7 @@ def module(url: str, **kwargs) -> DeepLakeDataModule:
 def train_pixels(dm: DeepLakeDataModule, epoch: int) -> dict[int, torch.Tensor]:
     """Every training row's cropped pixels in ``epoch``, by row."""
     loader = dm.train_dataloader()
-    loader.batch_sampler.set_epoch(epoch)
+    loader.set_epoch(epoch)
     out = {}
     for batch in loader:
         out.update(zip(batch["index"].tolist(), batch["images"], strict=True))
@@ -121,7 +122,7 @@ def test_eval_is_resize_shorter_side_and_centre_crop(photo_lakes: dict[str, str]
 
 
 def test_train_crops_depend_on_seed_epoch_and_row_only(photo_lakes: dict[str, str]) -> None:
-    base = {"image_size": [12, 20], "drop_last": False, "block_size": 4, "shuffle_window": 8}
+    base = {"image_size": [12, 20], "drop_last": False}
     first = train_pixels(module(photo_lakes["jpeg"], batch_size=5, **base), epoch=0)
     assert len(first) == 15 and first[0].shape == (3, 12, 20)
     other_batching = train_pixels(module(photo_lakes["jpeg"], batch_size=3, num_workers=2, **base), epoch=0)
@@ -236,17 +237,17 @@ def test_cli_fits_and_validates_photos(photo_lakes: dict[str, str], run_config: 
     assert fresh.model.net.conv1.in_channels == 1 and "val_acc" in fresh.trainer.callback_metrics
 
 
-def test_a_window_of_photos_too_big_for_memory_warns(
+def test_the_memory_budget_follows_the_machine_and_is_refused_when_too_small(
     photo_lakes: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shuffle window is counted in rows; photos make it gigabytes. Here: a 1 MiB machine."""
+    """The budget is bytes, whatever the row size: a quarter of the memory this process may use."""
     dm = module(photo_lakes["jpeg"], batch_size=4, image_size=8)
-    dm.train_dataloader()  # this machine has room for 15 small photos: no warning
+    dm.train_dataloader()
+    assert dm.budget() == memory_limit() // 4
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PHYS_PAGES" else real(name))
-    with pytest.warns(
-        UserWarning, match=r"caches a shuffle window of 17408 rows .* Lower --data.shuffle_window"
-    ):
+    assert memory_limit() == 4096  # a 4 KiB machine now
+    with pytest.raises(ConfigError, match=r"data.memory_budget of 0 MiB cannot hold one batch"):
         module(photo_lakes["jpeg"], batch_size=4, image_size=8).train_dataloader()
 
 

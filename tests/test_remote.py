@@ -152,12 +152,11 @@ def test_fit_through_a_faulty_link_reads_every_row_once(
     s3: dict, run_config: Path, tmp_path: Path, run_cli
 ) -> None:
     """A fifth of all requests to S3 fail (503 or a dropped connection), and half the reads of
-    data chunks; 2 workers each read their own blocks. The run completes, each row once."""
+    data chunks; 2 workers each read their own units. The run completes, each row once."""
     with FaultyProxy(s3["endpoint"], rate=0.2, data_rate=0.5, seed=3) as proxy:
         args = _args(s3, run_config, tmp_path, endpoint=proxy.url)
         log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir", str(tmp_path / "rows")]
-        run_cli(["fit", *args, *log, "--trainer.max_epochs", "2", "--data.block_size", "32",
-                 "--data.num_workers", "2"], tmp_path)  # fmt: skip
+        run_cli(["fit", *args, *log, "--trainer.max_epochs", "2", "--data.num_workers", "2"], tmp_path)
     steps = [json.loads(line) for line in (tmp_path / "rows" / "rank0.jsonl").read_text().splitlines()]
     for epoch in range(2):
         rows = [row for step in steps[epoch * 8 : (epoch + 1) * 8] for row in step[1:]]

@@ -1,0 +1,296 @@
+"""Which rows each process reads, in which order: pure arithmetic, no I/O.
+
+Rows are stored in *read units*: runs of consecutive rows that storage fetches whole (Deep
+Lake's chunks, ``units.py``). Each training epoch:
+
+1. the units are permuted (seeded by ``(seed, epoch)``) and laid end to end;
+2. that sequence is cut into ``partitions`` equal parts (canonical partitions, as MosaicML
+   streaming's canonical nodes): a unit is split only where a cut falls inside it, and
+   neighbouring partitions read such a unit at the same time (odd partitions read their
+   pieces backwards), so the process owning both fetches it once;
+3. each partition shuffles its rows within groups of consecutive pieces: 1, 2, 4, ... pieces
+   up to ``group_units`` (the first batch waits for one unit per partition, not a group);
+4. global position ``i`` of the epoch is row ``i // P`` of partition ``cycle[i % P]`` (``P``
+   partitions), and global batch ``g`` is positions ``[g * G, (g + 1) * G)``. ``cycle`` visits
+   the partitions in digit-reversed order (0, 4, 2, 6, 1, 5, 3, 7 for 8), so that any run of
+   consecutive positions spreads evenly over aligned blocks of partitions: every rank's share
+   of a batch is ``G / W`` rows when ``W`` divides ``G`` (``P`` a power of two, or ``W`` a
+   product of its smallest prime factors), else within a row per partition of it.
+
+So the rows of every global batch depend on ``(seed, epoch, units, partitions, group_units,
+G)`` only, never on the number of ranks or workers. Rank ``r`` of ``W`` owns partitions
+``[r * P / W, (r + 1) * P / W)`` (``W`` must divide ``P``), and worker ``k`` of ``K`` reads the
+units whose id is ``k`` modulo ``K``: every unit is read by one process per epoch, except the
+at most ``P - 1`` units cut between partitions of two processes. A batch is assembled from
+its workers' parts in global-position order, so resuming with other workers is exact.
+
+Nothing here is O(rows): the epoch plan is O(units), and a partition's rows are computed a
+group at a time (O(group rows)).
+
+Evaluation gives each rank a contiguous share of the rows, and each worker a contiguous share
+of its rank's, read in storage order. Every row is read exactly once across ranks, and every
+rank runs the same number of steps (a rank may get empty batches at the end), so per-step
+collectives never wait on a rank that has run out of data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from torch.utils.data import BatchSampler, Sampler
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job: injected in tests, read from the Trainer otherwise."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got {self.rank} of {self.world_size}")
+
+
+def per_device_batch(batch_size: int | None, global_batch_size: int | None, world_size: int) -> int:
+    """Resolve the per-device batch from whichever of the two the user configured."""
+    if global_batch_size is None:
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return batch_size
+    if global_batch_size < world_size or global_batch_size % world_size:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} does not divide evenly over {world_size} "
+            f"processes; pick a multiple of {world_size} or set batch_size (per device) instead."
+        )
+    return global_batch_size // world_size
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A partition's rows as pieces of units, in reading order: piece ``k`` is rows
+    ``[starts[k], stops[k])``, of unit ``units[k]``."""
+
+    units: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.stops - self.starts
+
+
+class Partition:
+    """One partition's rows in an epoch: pieces shuffled within groups, computed a group at a time."""
+
+    def __init__(self, pieces: Pieces, seed: int, epoch: int, index: int, group_units: int) -> None:
+        self.pieces, self.seed, self.epoch, self.index = pieces, seed, epoch, index
+        self.group_units = group_units
+        lengths = pieces.lengths
+        # groups of 1, 2, 4, ... pieces up to ``group_units``: the first batch waits for one unit
+        # per partition, not a whole group of them
+        sizes, size = [], 1
+        while sum(sizes) < len(lengths):
+            sizes.append(min(size, group_units))
+            size *= 2
+        self.group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # in pieces
+        group_of_piece = np.repeat(np.arange(len(sizes)), sizes)[: len(lengths)]
+        self.group_ends = np.cumsum(np.bincount(group_of_piece, lengths, minlength=0).astype(np.int64))
+        self._group: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.group_ends[-1]) if len(self.group_ends) else 0
+
+    def group(self, k: int) -> np.ndarray:
+        """The storage rows of group ``k``, in their shuffled order."""
+        if self._group is None or self._group[0] != k:
+            sl = slice(int(self.group_starts[k]), int(self.group_starts[k + 1]))
+            rows = np.concatenate(
+                [np.arange(a, b) for a, b in zip(self.pieces.starts[sl], self.pieces.stops[sl], strict=True)]
+            )
+            rng = np.random.default_rng([self.seed, self.epoch, self.index, k])
+            self._group = (k, rng.permutation(rows))
+        return self._group[1]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Storage rows at positions ``[start, stop)`` of this partition."""
+        out = []
+        while start < stop:
+            k = int(np.searchsorted(self.group_ends, start, side="right"))
+            first = int(self.group_ends[k - 1]) if k else 0
+            end = min(stop, int(self.group_ends[k]))
+            out.append(self.group(k)[start - first : end - first])
+            start = end
+        return np.concatenate(out) if out else np.empty(0, np.int64)
+
+    def group_units_at(self, position: int) -> list[np.ndarray]:
+        """Unit ids of the group holding ``position`` and of the next group (to read ahead)."""
+        k = int(np.searchsorted(self.group_ends, position, side="right"))
+        starts, units = self.group_starts, self.pieces.units
+        return [units[starts[j] : starts[j + 1]] if j + 1 < len(starts) else units[:0] for j in (k, k + 1)]
+
+
+class TrainOrder:
+    """One training epoch's global batches over read units (see the module docstring)."""
+
+    def __init__(
+        self,
+        unit_starts: np.ndarray,
+        global_batch: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        partitions: int = 8,
+        group_units: int = 4,
+        drop_last: bool = True,
+        world_size: int = 1,
+    ) -> None:
+        if global_batch < 1 or partitions < 1 or group_units < 1:
+            raise ValueError(f"need global_batch, partitions, group_units >= 1, got {global_batch}, "
+                             f"{partitions}, {group_units}")  # fmt: skip
+        self.unit_starts = np.asarray(unit_starts, dtype=np.int64)
+        self.rows = int(self.unit_starts[-1])
+        self.global_batch, self.seed, self.epoch = global_batch, seed, epoch
+        self.partitions, self.group_units, self.drop_last = partitions, group_units, drop_last
+        self.world_size = world_size  # only whether a short last batch is kept depends on it
+
+    @cached_property
+    def partition_list(self) -> list[Partition]:
+        """The epoch's partitions: permuted units laid end to end, cut into equal parts."""
+        n, parts = self.rows, self.partitions
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.unit_starts) - 1)
+        lengths = np.diff(self.unit_starts)[perm]
+        ends = np.cumsum(lengths)
+        begins = ends - lengths
+        # partition p holds the positions i < n with i % parts == p
+        slot = self.slot_of
+        sizes = np.array([(n - slot[p] + parts - 1) // parts for p in range(parts)], dtype=np.int64)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        out = []
+        for p in range(parts):
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            first = int(np.searchsorted(ends, lo, side="right"))
+            last = int(np.searchsorted(begins, hi, side="left"))
+            units = perm[first:last]
+            starts = self.unit_starts[units] + np.maximum(lo - begins[first:last], 0)
+            stops = self.unit_starts[units] + np.minimum(hi, ends[first:last]) - begins[first:last]
+            pieces = Pieces(units, starts, stops)
+            if p % 2:  # backwards: a unit cut between p - 1 and p is read by both at the epoch's end
+                pieces = Pieces(units[::-1], starts[::-1], stops[::-1])
+            out.append(Partition(pieces, self.seed, self.epoch, p, self.group_units))
+        return out
+
+    def owned(self, dist: DistContext) -> range:
+        """The partitions rank ``dist.rank`` reads."""
+        return self.owned_by(dist.rank, dist.world_size)
+
+    def owned_by(self, rank: int, world_size: int) -> range:
+        share = self.partitions // world_size
+        return range(rank * share, (rank + 1) * share)
+
+    @property
+    def steps(self) -> int:
+        """Global batches in the epoch. The last, short one is dropped with ``drop_last``, and
+        also when it would leave one of ``world_size`` ranks without a row."""
+        full, tail = divmod(self.rows, self.global_batch)
+        if self.drop_last or not tail:
+            return full
+        cycle = digit_reversed(self.partitions)
+        start = full * self.global_batch
+        hit = {int(cycle[(start + k) % self.partitions]) for k in range(min(tail, self.partitions))}
+        share = self.partitions // self.world_size
+        return full + int(len({p // share for p in hit}) == self.world_size)
+
+    @cached_property
+    def slot_of(self) -> np.ndarray:
+        """Partition -> its place in the cycle of positions (see the module docstring)."""
+        return np.argsort(digit_reversed(self.partitions))
+
+    def spans(self, step: int, partition: int) -> tuple[int, int]:
+        """Rows ``[a, b)`` of ``partition`` in global batch ``step``."""
+        parts, slot = self.partitions, int(self.slot_of[partition])
+        lo, hi = step * self.global_batch, min(self.rows, (step + 1) * self.global_batch)
+        return -(-(lo - slot) // parts), -(-(hi - slot) // parts)
+
+    def batch(self, step: int, partitions: range) -> tuple[np.ndarray, np.ndarray]:
+        """(global positions, storage rows) of ``partitions``' share of batch ``step``, by position."""
+        positions, rows = [], []
+        for p in partitions:
+            a, b = self.spans(step, p)
+            positions.append(np.arange(a, b, dtype=np.int64) * self.partitions + int(self.slot_of[p]))
+            rows.append(self.partition_list[p].rows(a, b))
+        pos, got = np.concatenate(positions), np.concatenate(rows)
+        order = np.argsort(pos, kind="stable")
+        return pos[order], got[order]
+
+    def key(self) -> dict[str, int | bool]:
+        """What the order depends on besides the epoch: a mid-epoch resume must find it unchanged."""
+        return {
+            "rows": self.rows,
+            "units": len(self.unit_starts) - 1,
+            "global_batch": self.global_batch,
+            "seed": self.seed,
+            "partitions": self.partitions,
+            "group_units": self.group_units,
+            "drop_last": self.drop_last,
+        }
+
+
+def digit_reversed(count: int) -> np.ndarray:
+    """0..count-1 in mixed-radix digit-reversed order (the radices: count's prime factors,
+    smallest first): bit reversal for a power of two, e.g. 0, 4, 2, 6, 1, 5, 3, 7."""
+    radices, rest, factor = [], count, 2
+    while rest > 1:
+        while rest % factor == 0:
+            radices.append(factor)
+            rest //= factor
+        factor += 1
+    out = np.zeros(1, dtype=np.int64)
+    scale = count
+    for radix in radices:  # the lowest digit of k becomes the highest digit of the partition
+        scale //= radix
+        out = np.concatenate([out + digit * scale for digit in range(radix)])
+    return out
+
+
+def eval_shares(rows: int, batch_size: int, dist: DistContext, workers: int) -> tuple[list[range], int]:
+    """Evaluation: this rank's rows as one contiguous range per worker (one for ``workers`` 0),
+    and the batches each worker yields (the same on every rank and worker; short ones pad)."""
+    parts = max(1, workers)
+    def share(lo: int, hi: int, k: int, n: int) -> range:  # noqa: E306
+        size = hi - lo
+        return range(lo + k * size // n, lo + (k + 1) * size // n)
+    mine = share(0, rows, dist.rank, dist.world_size)
+    largest = math.ceil(math.ceil(rows / dist.world_size) / parts)
+    return [share(mine.start, mine.stop, k, parts) for k in range(parts)], math.ceil(largest / batch_size)
+
+
+def chunks(rows: range, batch_size: int, count: int) -> Iterator[range]:
+    """``rows`` in ``count`` consecutive batches of ``batch_size`` (trailing ones empty)."""
+    for k in range(count):
+        start = min(rows.stop, rows.start + k * batch_size)
+        yield range(start, min(rows.stop, start + batch_size))
+
+
+class EvalBatches(BatchSampler):
+    """A rank's evaluation batches over ``sampler``'s rows, as a batch sampler: for a loader of a
+    map-style dataset (image files). It keeps ``BatchSampler``'s signature, so that Lightning can
+    rebuild it for predict (the rebuilt one yields the same batches)."""
+
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, drop_last: bool = False, dist: DistContext | None = None
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.dist = dist or DistContext()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        (share,), count = eval_shares(len(self.sampler), self.batch_size, self.dist, 0)  # type: ignore[arg-type]
+        return (list(rows) for rows in chunks(share, self.batch_size, count))
+
+    def __len__(self) -> int:
+        return eval_shares(len(self.sampler), self.batch_size, self.dist, 0)[1]  # type: ignore[arg-type]

@@ -1,0 +1,38 @@
+"""The S3 read benchmark: its byte counter against known objects, and a tiny real run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fashion_lake.readbench import BUCKET, CountingProxy, main, moto_server, s3_client
+
+
+def test_the_proxy_counts_get_response_bodies() -> None:
+    body = os.urandom(123_457)
+    with moto_server() as endpoint, CountingProxy(endpoint) as proxy:
+        s3_client(endpoint).put_object(Bucket=BUCKET, Key="lake/blob", Body=body)  # straight to moto
+        assert proxy.snapshot() == (0, 0)
+        client = s3_client(proxy.url)
+        assert client.get_object(Bucket=BUCKET, Key="lake/blob")["Body"].read() == body
+        assert proxy.snapshot() == (1, len(body))
+        part = client.get_object(Bucket=BUCKET, Key="lake/blob", Range="bytes=1000-1999")["Body"].read()
+        assert part == body[1000:2000] and proxy.snapshot() == (2, len(body) + 1000)
+        assert client.head_object(Bucket=BUCKET, Key="lake/blob")["ContentLength"] == len(body)
+        assert proxy.snapshot() == (2, len(body) + 1000), "a HEAD is no GET"
+        proxy.reset()
+        assert proxy.snapshot() == (0, 0)
+
+
+def test_a_tiny_png_lake_read_by_one_and_two_ranks(real_raw_dir: Path) -> None:
+    runs = main(["--raw_dir", str(real_raw_dir), "--rows", "2000", "--grid", "1x0,2x0", "--lakes", "png"])
+    assert [run.name for run in runs] == ["png_1x0", "png_2x0"]
+    for run in runs:
+        (epoch_gets, epoch_bytes), (total_gets, total_bytes) = run.epoch, run.total
+        assert run.lake.rows == 2000 and run.lake.stored > 0
+        assert epoch_gets > 0 and epoch_bytes > 0, "the proxy saw the epoch's reads"
+        assert epoch_bytes <= total_bytes and epoch_gets <= total_gets
+        assert run.exactly_once and sum(run.rows) == 2000
+        assert run.wall >= run.first_batch > 0
+    assert runs[1].rows == [1000, 1000]
+    assert runs[0].epoch[1] >= runs[0].lake.stored / 2, "one rank reads (about) the whole lake"
