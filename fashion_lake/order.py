@@ -43,6 +43,9 @@ from functools import cached_property
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
+SNAP = 0.02  # a partition boundary this close (of a partition's length) to a unit's end moves there,
+SNAP_UNITS = 16  # where the epoch has fewer units than this per partition
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -161,16 +164,13 @@ class TrainOrder:
     @cached_property
     def partition_list(self) -> list[Partition]:
         """The epoch's partitions: permuted units laid end to end, cut into equal parts."""
-        n, parts = self.rows, self.partitions
+        parts = self.partitions
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(len(self.unit_starts) - 1)
         lengths = np.diff(self.unit_starts)[perm]
         ends = np.cumsum(lengths)
         begins = ends - lengths
-        # partition p holds the positions i < n with i % parts == p
-        slot = self.slot_of
-        sizes = np.array([(n - slot[p] + parts - 1) // parts for p in range(parts)], dtype=np.int64)
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        bounds = self.bounds(ends)
         out = []
         for p in range(parts):
             lo, hi = int(bounds[p]), int(bounds[p + 1])
@@ -185,6 +185,61 @@ class TrainOrder:
             out.append(Partition(pieces, self.seed, self.epoch, p, self.group_units))
         return out
 
+    def bounds(self, ends: np.ndarray) -> np.ndarray:
+        """Where the partitions start and end in the epoch's unit sequence (``ends``: where each
+        unit ends): their shares of the position cycle, except among few units, where no process
+        should fetch a whole chunk for a few of its rows. With fewer units than partitions, each
+        unit is split evenly among partitions of its own (in proportion to its rows), so that
+        ranks that own whole units read only those; with fewer than ``SNAP_UNITS`` a partition,
+        a cut within ``SNAP`` of a partition's length of a unit's end moves there."""
+        n, parts = self.rows, self.partitions
+        if len(ends) < parts:  # each unit split among its own partitions, in proportion to its rows
+            lengths = np.diff(ends, prepend=0)
+            counts = np.ones(len(ends), dtype=np.int64)
+            for _ in range(parts - len(ends)):
+                counts[int(np.argmax(lengths / counts))] += 1
+            cuts = [
+                int(end - length + length * k // count)
+                for end, length, count in zip(ends, lengths, counts, strict=True)
+                for k in range(count)
+            ]
+            return np.array([*cuts, n], dtype=np.int64)
+        # a cut costs a unit read: worth a partition of unequal length only among few units
+        tolerance = int(SNAP * n / parts) if len(ends) < SNAP_UNITS * parts else 0
+        shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
+        cuts = [0]
+        for p in range(1, parts):
+            ideal = int(shares[p - 1])
+            near = int(np.searchsorted(ends, ideal))
+            snapped = [int(ends[k]) for k in (near - 1, near) if 0 <= k < len(ends)]
+            best = min(snapped, key=lambda end: abs(end - ideal), default=ideal)
+            cuts.append(best if abs(best - ideal) <= tolerance and best > cuts[-1] else ideal)
+        return np.array([*cuts, n], dtype=np.int64)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(partition) for partition in self.partition_list], dtype=np.int64)
+
+    def taken(self, partition: int, position: int) -> int:
+        """Rows of ``partition`` in the epoch's first ``position`` global positions. Positions go
+        to the partitions in a digit-reversed cycle, ``slot_of``, so that any run of them spreads
+        evenly over the partitions; a partition that a snapped cut made longer or shorter than its
+        share of that cycle takes its rows in proportion to its length instead, rounded at the
+        same phase."""
+        length, parts, slot = int(self.lengths[partition]), self.partitions, int(self.slot_of[partition])
+        if length == (self.rows - slot + parts - 1) // parts:  # its share of the cycle
+            return min(length, max(0, -(-(position - slot) // parts)))
+        return min(length, (length * position * parts // self.rows + parts - 1 - slot) // parts)
+
+    def reader_of(self, owned: range, workers: int) -> dict[int, int]:
+        """Unit -> the worker (of ``workers``) that reads it: the units of the ``owned`` partitions
+        dealt in turn, in the order the rank first reads them."""
+        units: dict[int, int] = {}
+        for p in owned:
+            for unit in self.partition_list[p].pieces.units.tolist():
+                units.setdefault(unit, len(units) % workers)
+        return units
+
     def owned(self, dist: DistContext) -> range:
         """The partitions rank ``dist.rank`` reads."""
         return self.owned_by(dist.rank, dist.world_size)
@@ -193,18 +248,17 @@ class TrainOrder:
         share = self.partitions // world_size
         return range(rank * share, (rank + 1) * share)
 
-    @property
+    @cached_property
     def steps(self) -> int:
         """Global batches in the epoch. The last, short one is dropped with ``drop_last``, and
         also when it would leave one of ``world_size`` ranks without a row."""
         full, tail = divmod(self.rows, self.global_batch)
         if self.drop_last or not tail:
             return full
-        cycle = digit_reversed(self.partitions)
         start = full * self.global_batch
-        hit = {int(cycle[(start + k) % self.partitions]) for k in range(min(tail, self.partitions))}
-        share = self.partitions // self.world_size
-        return full + int(len({p // share for p in hit}) == self.world_size)
+        left = [self.lengths[p] - self.taken(p, start) for p in range(self.partitions)]
+        ranks = [self.owned_by(r, self.world_size) for r in range(self.world_size)]
+        return full + int(all(sum(left[p] for p in owned) > 0 for owned in ranks))
 
     @cached_property
     def slot_of(self) -> np.ndarray:
@@ -213,9 +267,9 @@ class TrainOrder:
 
     def spans(self, step: int, partition: int) -> tuple[int, int]:
         """Rows ``[a, b)`` of ``partition`` in global batch ``step``."""
-        parts, slot = self.partitions, int(self.slot_of[partition])
-        lo, hi = step * self.global_batch, min(self.rows, (step + 1) * self.global_batch)
-        return -(-(lo - slot) // parts), -(-(hi - slot) // parts)
+        lo, hi = step * self.global_batch, (step + 1) * self.global_batch
+        last = step == self.steps - 1 and not self.drop_last  # with any tail too small to share
+        return self.taken(partition, lo), int(self.lengths[partition]) if last else self.taken(partition, hi)
 
     def batch(self, step: int, partitions: range) -> tuple[np.ndarray, np.ndarray]:
         """(global positions, storage rows) of ``partitions``' share of batch ``step``, by position."""

@@ -197,11 +197,14 @@ class LakeDataset(IterableDataset):
         """This process's part of each of the rank's batches: the rows in units it owns."""
         order = plan.order
         owned = order.owned(plan.dist)
+        reader = np.full(len(self.units) - 1, -1)
+        for unit, k in order.reader_of(owned, workers).items():
+            reader[unit] = k
         held: dict[int, Any] = {}  # unit -> Block, or its pending read
         for step in range(plan.start, order.steps):
             positions, rows = order.batch(step, owned)
             units = np.searchsorted(self.units, rows, side="right") - 1
-            mine = units % workers == worker
+            mine = reader[units] == worker
             positions, rows, units = positions[mine], rows[mine], units[mine]
             if self.sample_transform is not None:
                 yield self._sample_part(rows, positions)
@@ -210,7 +213,7 @@ class LakeDataset(IterableDataset):
             for p in owned:
                 at = order.spans(step, p)[0]
                 for group in order.partition_list[p].group_units_at(at):
-                    wanted.update(int(u) for u in group if u % workers == worker)
+                    wanted.update(int(u) for u in group[reader[group] == worker])
             self._hold(wanted, held)
             yield self._part(rows, *self._gather(rows, units, held), order.epoch, positions)
 

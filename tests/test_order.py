@@ -109,7 +109,7 @@ def test_a_short_tail_is_kept_unless_it_leaves_a_rank_without_rows() -> None:
 @pytest.mark.parametrize("world", [2, 4])
 def test_every_rank_gets_an_equal_share_of_each_batch(global_batch: int, world: int) -> None:
     """Partitions are visited in bit-reversed order: any run of positions spreads evenly."""
-    order = TrainOrder(_units([1000] * 7), global_batch, partitions=8, world_size=world)
+    order = TrainOrder(_units([1000] * 9), global_batch, partitions=8, world_size=world)
     for step in range(order.steps):
         sizes = {len(order.batch(step, order.owned(DistContext(r, world)))[1]) for r in range(world)}
         assert sizes == {global_batch // world}, step
@@ -144,3 +144,28 @@ def test_the_first_batch_waits_for_one_unit_per_partition() -> None:
     rows = order.batch(0, range(8))[1]
     assert len(np.unique(np.searchsorted(units, rows, side="right") - 1)) <= 8 + 1  # + a cut unit
     assert [len(g) for g in order.partition_list[0].group_units_at(0)] == [1, 2]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_among_few_units_cuts_move_to_unit_ends(world: int) -> None:
+    """Four chunks of about 15,000 rows (a 60k-row png lake) and 8 partitions: the cuts that fall
+    a few rows from a chunk's end move there, so each of 4 ranks reads its own chunk whole. The
+    batches stay the same for every world size, and a rank's share stays within a row of the even
+    one per partition."""
+    units = _units([15_040, 14_950, 15_090, 14_920])
+    orders = {w: TrainOrder(units, 256, partitions=8, group_units=4, world_size=w) for w in (1, world)}
+    assert [b.tolist() for b in _global_batches(orders[1], 1)] == [
+        b.tolist() for b in _global_batches(orders[world], world)
+    ]
+    order = orders[world]
+    readers: dict[int, set[int]] = {}
+    for rank in range(world):
+        owned = order.owned(DistContext(rank, world))
+        for step in range(order.steps):
+            rows = order.batch(step, owned)[1]
+            assert abs(len(rows) - 256 // world) <= 8 // world
+            for unit in np.unique(np.searchsorted(units, rows, side="right") - 1).tolist():
+                readers.setdefault(unit, set()).add(rank)
+    assert all(len(ranks) == 1 for ranks in readers.values()), readers
+    rows = np.concatenate(_global_batches(order, 1))
+    assert len(np.unique(rows)) == len(rows) and abs(len(rows) - int(units[-1]) // 256 * 256) <= 8
