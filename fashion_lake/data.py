@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -43,7 +44,7 @@ from fashion_lake.lake import (
     storage_errors,
 )
 from fashion_lake.loader import LakeLoader
-from fashion_lake.order import DistContext, EvalBatches, TrainOrder, per_device_batch
+from fashion_lake.order import DistContext, EvalBatches, OrderSpec, TrainOrder, per_device_batch
 from fashion_lake.reader import LakeDataset
 from fashion_lake.transforms import IMAGENET_STATS, BatchTransform, ColumnTransform, per_channel
 from fashion_lake.units import UNIT_BYTES, byte_units, chunk_units, log_files, memory_limit
@@ -62,6 +63,11 @@ PARTITIONS = 8  # canonical partitions by default (see the constructor)
 def _passthrough(batch: dict) -> dict:
     """``LakeDataset.__getitems__`` already returns a collated batch."""
     return batch
+
+
+def forked() -> bool:
+    """Whether DataLoader workers start by fork here (the Linux default before Python 3.14)."""
+    return multiprocessing.get_start_method() == "fork"
 
 
 def available_cores() -> int:
@@ -627,13 +633,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
         order = None
         if train:
             order = self._train_order(dataset, self._group_units(dataset, in_flight))
-            if order(0).steps == 0:
+            if order.at(0).steps == 0:
                 raise DatasetError(
                     f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global "
                     f"batch of {batch * self.dist.world_size}; lower --data.batch_size or set "
                     "--data.drop_last false."
                 )
-            self._say_path(dataset, workers, order(0))
+            self._say_path(dataset, workers, order.at(0))
         loader = LakeLoader(
             dataset,
             batch_size=batch,
@@ -646,8 +652,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
             num_workers=workers,
             collate_fn=_passthrough,
             pin_memory=self.device.type == "cuda",
-            # training workers fork each epoch, to read that epoch's plan
-            persistent_workers=split == "val" and workers > 0,
+            # forked training workers find each epoch's plan in shared memory; others fork each epoch
+            persistent_workers=workers > 0 and (split == "val" or (train and forked())),
             prefetch_factor=prefetch,
         )
         if train:
@@ -657,8 +663,8 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 self._train_position = None
         return loader
 
-    def _train_order(self, dataset: LakeDataset, group_units: int) -> Callable[[int], TrainOrder]:
-        """Epoch -> that epoch's training order for this dataset."""
+    def _train_order(self, dataset: LakeDataset, group_units: int) -> OrderSpec:
+        """This dataset's training order (see ``order.py``)."""
         world = self.dist.world_size
         partitions = self.num_partitions
         if partitions % world:
@@ -667,14 +673,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 f"rank reads its own partitions. Set --data.partitions {world * -(-partitions // world)} "
                 "(global batches then differ from runs with another partitions count)."
             )
-        units, seed = dataset.units, self.seed
-        global_batch, drop_last = self.per_device_batch_size * world, self.drop_last
-
-        def order(epoch: int) -> TrainOrder:
-            return TrainOrder(units, global_batch, seed=seed, epoch=epoch, partitions=partitions,
-                              group_units=group_units, drop_last=drop_last, world_size=world)  # fmt: skip
-
-        return order
+        return OrderSpec(dataset.units, self.per_device_batch_size * world, seed=self.seed,
+                         partitions=partitions, group_units=group_units, drop_last=self.drop_last,
+                         world_size=world)  # fmt: skip
 
     def _say_path(self, dataset: LakeDataset, workers: int, order: TrainOrder) -> None:
         """One line naming the data path that is live: nothing falls back silently."""

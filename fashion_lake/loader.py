@@ -15,17 +15,19 @@ Evaluation: each worker reads a contiguous share of the rank's rows in whole bat
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from fashion_lake.errors import CheckpointError
 from fashion_lake.handoff import HostBatch, ring_slots
-from fashion_lake.order import DistContext, TrainOrder, eval_shares
+from fashion_lake.order import DistContext, OrderSpec, TrainOrder, eval_shares
 from fashion_lake.reader import EvalPlan, LakeDataset, TrainPlan
 
 # Lightning warns that an IterableDataset's length may count rows twice over workers; ours counts
@@ -47,9 +49,12 @@ class EpochSampler(_InfiniteConstantSampler):
 
 
 class LakeLoader(DataLoader):
-    """Training batches (``order`` maps an epoch to its ``TrainOrder``) or evaluation batches
-    (``order`` None) of a ``LakeDataset`` for one rank; ``group``: batches per worker item;
-    ``adopt``: the order's settings that a mid-epoch resume takes from the checkpoint."""
+    """Training batches in the order ``order`` describes, or evaluation batches (``order``
+    None), of a ``LakeDataset`` for one rank; ``group``: batches per worker item; ``adopt``: the
+    order's settings that a mid-epoch resume takes from the checkpoint.
+
+    Persistent workers (``persistent_workers``, with forked workers) read each epoch's
+    ``(epoch, start)`` from shared memory that the loader writes before the epoch."""
 
     dataset: LakeDataset
 
@@ -59,7 +64,7 @@ class LakeLoader(DataLoader):
         *,
         batch_size: int,
         dist: DistContext,
-        order: Callable[[int], TrainOrder] | None = None,
+        order: OrderSpec | None = None,
         frozen: bool = False,
         group: int = 1,
         adopt: tuple[str, ...] = (),
@@ -67,8 +72,8 @@ class LakeLoader(DataLoader):
     ) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         object.__setattr__(self, "sampler", EpochSampler(frozen))  # DataLoader refuses a sampler here
-        self.rank_batch, self.dist, self.order_of, self.group = batch_size, dist, order, group
-        self._consumed = 0  # batches of the current epoch handed out by this process
+        self.rank_batch, self.dist, self.spec, self.group = batch_size, dist, order, group
+        self._consumed = (0, 0)  # (epoch, its batches handed out by this process)
         self._loaded: dict[str, Any] | None = None  # a loaded state not yet iterated from
         self.adopt = adopt  # order settings a resume takes from the checkpoint (derived, not configured)
         self._adopted: dict[str, int] = {}
@@ -81,24 +86,25 @@ class LakeLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def order_of(self, epoch: int) -> TrainOrder:
+        return dataclasses.replace(self.spec, **self._adopted).at(epoch)  # type: ignore[arg-type]
+
     def order(self) -> TrainOrder:
-        order = self.order_of(self.epoch)
-        for key, value in self._adopted.items():
-            setattr(order, key, value)
-        return order
+        return self.order_of(self.epoch)
 
     @property
     def workers(self) -> int:
         return max(1, self.num_workers)
 
     def plan(self, start: int = 0) -> TrainPlan | EvalPlan:
-        if self.order_of is not None:
-            return TrainPlan(self.order(), self.dist, start, self.group)
+        if self.spec is not None:
+            spec = dataclasses.replace(self.spec, **self._adopted)
+            return TrainPlan(spec, self.dist, self.group, self.epoch, start)
         shares, count = eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)
         return EvalPlan(shares, count, self.rank_batch, self.group)
 
     def __len__(self) -> int:
-        if self.order_of is not None:
+        if self.spec is not None:
             return self.order().steps
         return eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)[1] * self.workers
 
@@ -107,19 +113,24 @@ class LakeLoader(DataLoader):
         self.started = True
         loaded, self._loaded = self._loaded, None
         start = loaded["batches"] if loaded is not None and loaded["epoch"] == self.epoch else 0
-        self._consumed = start
-        self.dataset.plan = self.plan(start)  # before the workers fork (training workers are not persistent)
+        self._consumed = (self.epoch, start)
+        plan = self.plan(start)
+        running = getattr(self.dataset.plan, "spec", None)
+        if self._iterator is not None and running != getattr(plan, "spec", None):
+            self._iterator = None  # persistent workers of another order (a resume adopted its settings)
+        self.dataset.set_plan(plan)  # before new workers fork, and where persistent ones look
         items = super().__iter__()
         while True:
             parts = [_batches(item) for item in _take(items, self.workers)]
             if not parts:
                 return
-            if self.order_of is None:  # whole batches, each worker's next in turn (as one batch a task)
+            if self.spec is None:  # whole batches, each worker's next in turn (as one batch a task)
                 for k in range(max(map(len, parts))):
                     yield from (_without_positions(batches[k]) for batches in parts if k < len(batches))
                 continue
             for step_parts in zip(*parts, strict=True):
-                self._consumed += 1  # counted before the Trainer sees it: saved mid-step, it is consumed
+                # counted before the Trainer sees it: saved mid-step, it is consumed
+                self._consumed = (self._consumed[0], self._consumed[1] + 1)
                 yield join(list(step_parts))
 
     def _get_iterator(self) -> Any:
@@ -137,10 +148,12 @@ class LakeLoader(DataLoader):
         if self._loaded is not None:  # loaded, nothing consumed since: the same position
             return self._loaded
         order = self.order()
+        epoch, batches = self._consumed
+        batches = batches if epoch == self.epoch else 0  # an epoch set but not begun yet
         return {
             "epoch": self.epoch,
-            "batches": self._consumed,
-            "finished": self._consumed >= order.steps,
+            "batches": batches,
+            "finished": batches >= order.steps,
             "order": order.key(),
         }
 
@@ -160,7 +173,7 @@ class LakeLoader(DataLoader):
                 f"{self.dist.world_size} processes cannot share; resume on a number of processes that "
                 "divides it, or from a checkpoint saved at an epoch end."
             )
-        now = self.order_of(state_dict["epoch"]).key() if self.order_of is not None else {}
+        now = self.order_of(state_dict["epoch"]).key() if self.spec is not None else {}
         now.update(self._adopted)
         changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if changed or "batches" not in state_dict:
@@ -195,20 +208,25 @@ def _without_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def join(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One batch from its workers' parts, its rows in global-position order."""
+    """One batch from its workers' parts, its rows in global-position order.
+
+    In numpy: torch's cat and gather on batches this size wake its thread pool, which then
+    competes with the workers for the cores (2-3x the cost here).
+    """
     if len(parts) == 1:
         return _without_positions(parts[0])
-    order = torch.argsort(torch.cat([part["position"] for part in parts]), stable=True)
+    order = np.argsort(np.concatenate([part["position"].numpy() for part in parts]), kind="stable")
     pinned = any(part["labels"].is_pinned() for part in parts)
     out: dict[str, torch.Tensor] = {}
     for key in parts[0]:
         if key == "skipped":
             out[key] = sum(part[key] for part in parts)
         elif key == "encoded":  # one byte string per row, laid end to end: move whole rows
-            lengths = torch.cat([part["lengths"] for part in parts])
-            flat = torch.cat([part["encoded"] for part in parts])
-            pieces = torch.split(flat, lengths.tolist())
-            out[key] = torch.cat([pieces[i] for i in order.tolist()]) if len(pieces) else flat
+            lengths = np.concatenate([part["lengths"].numpy() for part in parts])
+            flat = np.concatenate([part["encoded"].numpy() for part in parts])
+            starts = np.cumsum(lengths) - lengths
+            pieces = [flat[starts[i] : starts[i] + lengths[i]] for i in order.tolist()]
+            out[key] = torch.from_numpy(np.concatenate(pieces) if pieces else flat)
         elif key != "position":
-            out[key] = torch.cat([part[key] for part in parts])[order]
+            out[key] = torch.from_numpy(np.concatenate([part[key].numpy() for part in parts])[order])
     return {key: value.pin_memory() if pinned else value for key, value in out.items()}

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -135,6 +135,24 @@ class Partition:
         k = int(np.searchsorted(self.group_ends, position, side="right"))
         starts, units = self.group_starts, self.pieces.units
         return [units[starts[j] : starts[j + 1]] if j + 1 < len(starts) else units[:0] for j in (k, k + 1)]
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """What a training order depends on besides the epoch; it travels to the loader's workers."""
+
+    unit_starts: np.ndarray = field(compare=False, repr=False)
+    global_batch: int
+    seed: int = 0
+    partitions: int = 8
+    group_units: int = 4
+    drop_last: bool = True
+    world_size: int = 1
+
+    def at(self, epoch: int) -> TrainOrder:
+        return TrainOrder(self.unit_starts, self.global_batch, seed=self.seed, epoch=epoch,
+                          partitions=self.partitions, group_units=self.group_units, drop_last=self.drop_last,
+                          world_size=self.world_size)  # fmt: skip
 
 
 class TrainOrder:

@@ -22,8 +22,10 @@ the Deep Lake tutorial.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import mmap
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +49,7 @@ from fashion_lake.decode import (
 from fashion_lake.errors import DatasetError
 from fashion_lake.handoff import BatchSlots, HostBatch
 from fashion_lake.lake import LakeInfo, LakeSource, storage_errors
-from fashion_lake.order import DistContext, TrainOrder, chunks
+from fashion_lake.order import DistContext, OrderSpec, chunks
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 Block = tuple[np.ndarray, np.ndarray]  # a unit's images (pixels, or encoded bytes as objects), labels
@@ -67,12 +69,13 @@ class Pending:
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """A training epoch for one rank, from global batch ``start`` on, ``group`` steps per item."""
+    """Training epoch ``epoch`` for one rank, from global batch ``start`` on, ``group`` steps per item."""
 
-    order: TrainOrder
+    spec: OrderSpec
     dist: DistContext
-    start: int = 0
     group: int = 1
+    epoch: int = 0
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,11 @@ class LakeDataset(IterableDataset):
         self._rows: Any = None
         self._pid: int | None = None
         self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
+        self.cursor: np.ndarray | None = None  # (epoch, start) for persistent workers (``share_slots``)
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None}
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None, "cursor": None}
 
     def share_slots(self, workers: int, slots: int, rows: int, context: Any = None) -> None:
         """Before ``workers`` DataLoader workers fork: shared slots for the images of their items,
@@ -134,6 +138,15 @@ class LakeDataset(IterableDataset):
         method = (context or multiprocessing).get_start_method()
         fast = method == "fork" and self.sample_transform is None
         self.slots = BatchSlots(workers, slots, rows * math.prod(self.sample_shape)) if fast else None
+        # where persistent workers find each epoch's (epoch, start): anonymous shared memory
+        self.cursor = np.frombuffer(mmap.mmap(-1, 16), np.int64) if method == "fork" else None
+        self.set_plan(self.plan)
+
+    def set_plan(self, plan: TrainPlan | EvalPlan | None) -> None:
+        """What the next iteration reads, here and in workers forked or still running."""
+        self.plan = plan
+        if self.cursor is not None and isinstance(plan, TrainPlan):
+            self.cursor[:] = plan.epoch, plan.start
 
     def unit_bytes(self) -> float:
         """What the largest unit takes in memory, by the dataset's mean row size."""
@@ -185,6 +198,8 @@ class LakeDataset(IterableDataset):
             raise RuntimeError("a LakeDataset is read through LakeLoader, which plans each epoch")
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None and self.cursor is not None and isinstance(plan, TrainPlan):
+            plan = dataclasses.replace(plan, epoch=int(self.cursor[0]), start=int(self.cursor[1]))
         self.ds  # noqa: B018 - opens the handle in this process
         if isinstance(plan, TrainPlan):
             parts = self._train_parts(plan, worker, workers)
@@ -195,7 +210,7 @@ class LakeDataset(IterableDataset):
 
     def _train_parts(self, plan: TrainPlan, worker: int, workers: int) -> Iterator[dict]:
         """This process's part of each of the rank's batches: the rows in units it owns."""
-        order = plan.order
+        order = plan.spec.at(plan.epoch)
         owned = order.owned(plan.dist)
         reader = np.full(len(self.units) - 1, -1)
         for unit, k in order.reader_of(owned, workers).items():

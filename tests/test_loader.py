@@ -142,3 +142,21 @@ def test_another_order_is_refused_mid_epoch(lake: str) -> None:
     other = DeepLakeDataModule(train_url=lake, val_url=lake, batch_size=GLOBAL, drop_last=False, seed=9)
     with pytest.raises(CheckpointError, match="no longer applies"):
         other.train_dataloader().load_state_dict(state)
+
+
+def test_persistent_workers_follow_the_epoch_and_a_resume(lake: str) -> None:
+    """One loader, its 2 workers kept across epochs: each epoch is that epoch's order, and a
+    position loaded between epochs starts the next iteration there."""
+    loader = _loader(lake, 0, 1, workers=2)
+    assert loader.persistent_workers
+    for epoch in (EPOCH, EPOCH + 1):
+        loader.set_epoch(epoch)
+        expected = [sorted(b) for b in global_batches(lake, GLOBAL, epoch, drop_last=False)]
+        assert _steps([loader]) == expected
+    other = _loader(lake, 0, 1)
+    other.set_epoch(EPOCH + 3)
+    it = iter(other)
+    next(it), next(it)
+    loader.load_state_dict(other.state_dict())
+    expected = [sorted(b) for b in global_batches(lake, GLOBAL, EPOCH + 3, drop_last=False)]
+    assert _steps([loader]) == expected[2:]
