@@ -45,6 +45,7 @@ from torch.utils.data import BatchSampler, Sampler
 
 SNAP = 0.02  # a partition boundary this close (of a partition's length) to a unit's end moves there,
 SNAP_UNITS = 16  # where the epoch has fewer units than this per partition
+UNEVEN_BATCH = 4  # and only for global batches of at least this many rows per partition
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,13 @@ class TrainOrder:
         should fetch a whole chunk for a few of its rows. With fewer units than partitions, each
         unit is split evenly among partitions of its own (in proportion to its rows), so that
         ranks that own whole units read only those; with fewer than ``SNAP_UNITS`` a partition,
-        a cut within ``SNAP`` of a partition's length of a unit's end moves there."""
+        a cut within ``SNAP`` of a partition's length of a unit's end moves there. Not for global
+        batches under ``UNEVEN_BATCH`` rows a partition: unequal partitions make a batch a few
+        rows longer or shorter, which small batches cannot spare."""
         n, parts = self.rows, self.partitions
+        shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
+        if self.global_batch < UNEVEN_BATCH * parts:  # partitions of unequal length pace batches within
+            return np.array([0, *shares], dtype=np.int64)  # a row each: too coarse for small batches
         if len(ends) < parts:  # each unit split among its own partitions, in proportion to its rows
             lengths = np.diff(ends, prepend=0)
             counts = np.ones(len(ends), dtype=np.int64)
@@ -224,7 +230,6 @@ class TrainOrder:
             return np.array([*cuts, n], dtype=np.int64)
         # a cut costs a unit read: worth a partition of unequal length only among few units
         tolerance = int(SNAP * n / parts) if len(ends) < SNAP_UNITS * parts else 0
-        shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
         cuts = [0]
         for p in range(1, parts):
             ideal = int(shares[p - 1])
