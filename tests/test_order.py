@@ -169,3 +169,12 @@ def test_among_few_units_cuts_move_to_unit_ends(world: int) -> None:
     assert all(len(ranks) == 1 for ranks in readers.values()), readers
     rows = np.concatenate(_global_batches(order, 1))
     assert len(np.unique(rows)) == len(rows) and abs(len(rows) - int(units[-1]) // 256 * 256) <= 8
+
+
+def test_a_unit_too_small_for_a_partition_joins_the_one_before() -> None:
+    """Chunks of 14,981 rows and a last one of 76: no rank is left with 76 rows of an epoch."""
+    units = _units([14_981] * 4 + [76])
+    order = TrainOrder(units, 256, partitions=8, world_size=8)
+    assert sorted(order.lengths.tolist())[0] >= 7_490 and order.lengths.sum() == 60_000
+    rows = [sum(len(order.batch(s, range(p, p + 1))[1]) for s in range(order.steps)) for p in range(8)]
+    assert max(rows) - min(rows) <= 80
