@@ -1,6 +1,6 @@
 """``DeepLakeDataModule``: Deep Lake datasets in, sharded train/val/test/predict loaders out.
 
-The module owns distribution (see ``sampler.py``): it takes rank and world size from the
+The module owns distribution (see ``order.py``): it takes rank and world size from the
 Trainer, or from ``dm.dist`` when set by hand, so the Trainer runs with
 ``use_distributed_sampler=False``. Batches leave the loader as uint8 and become augmented float
 tensors in [0, 1] in ``on_after_batch_transfer``, on the accelerator when there is one; the
@@ -559,7 +559,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return info.codec in DEVICE_CODECS and self.device.type == "cuda"
 
     def _workers(self, dataset: LakeDataset) -> int:
-        """``num_workers``, or when unset: 0 for raw pixel blocks, else the cores each device has (<= 8)."""
+        """``num_workers``, or when unset: 0 for raw pixels, else the cores each device has (<= 8)."""
         if self.num_workers is not None:
             return self.num_workers
         if dataset.info.codec is None and dataset.sample_transform is None and dataset.crops is None:
@@ -591,13 +591,11 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return min(16, fits)
 
     def _tasks(self, dataset: LakeDataset, workers: int, batch_bytes: int) -> tuple[int, int | None]:
-        """(batches per worker task, tasks in flight per worker).
+        """(steps per worker item, items in flight per worker).
 
-        Small batches go to workers in groups of up to 8 batches, 2,048 rows and 4 MB (``GroupedBatches``):
-        a task costs the loader a fixed ~0.4 ms; grouping 28x28 batches of 256 by 4 measured
-        +15-25% on png/jpeg with 2 workers, and by 8 another +8% on jpeg (16: slower, the first
-        batch of an epoch waits for a whole task). Up to 8 batches are in flight per worker (8 rather than
-        torch's 2 measured +15% for jpeg 28x28), but no more than ~64 MB of decoded images.
+        Each item a worker hands over costs the loader a fixed ~0.4 ms, as much as decoding 70
+        28x28 jpeg rows, so a worker's item holds its parts of up to 8 steps, 2,048 rows and 4 MB;
+        up to 8 steps are in flight per worker, but no more than ~64 MB of decoded images.
         """
         if not workers:
             return 1, None

@@ -2,9 +2,9 @@
 
 Deep Lake decodes a compressed image column a whole storage chunk at a time: a slice costs
 ~0.1 s whatever its length. Its encoded bytes come out at over a million rows per second.
-So for png/jpeg columns the reader takes the bytes of whole blocks and decodes only the rows
-of each batch, here: every row is decoded once per epoch, in the worker that serves its
-batch, and worker processes scale the decode over the cores (threads do not: the GIL).
+So for png/jpeg columns the reader takes the bytes of whole read units and decodes only the
+rows of each batch part, here: every row is decoded once per epoch, in the process that reads
+its unit, and worker processes scale the decode over the cores (threads do not: the GIL).
 
 Host decoders, fastest first (28x28 Fashion-MNIST, one core, same pixels): png with pyspng
 (libspng) 96k/s, jpeg with simplejpeg (libjpeg-turbo) 171k/s, against 66k/s and 108k/s for

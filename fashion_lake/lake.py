@@ -247,7 +247,7 @@ class LakeInfo:
     sample_shape: tuple[int, ...]  # H, W, C
     version: str | None
     codec: str | None = None  # the image column's compression when rows are decoded from bytes here
-    row_bytes: float = 0.0  # what a row takes in a block cache: encoded size (mean of SAMPLE_ROWS), or pixels
+    row_bytes: float = 0.0  # a row as read: its encoded size (mean of SAMPLE_ROWS), or its pixels
     row_ids: np.ndarray | None = field(default=None, repr=False, compare=False)  # view row -> dataset row
 
 

@@ -43,7 +43,7 @@ from functools import cached_property
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
-SNAP = 0.02  # a partition boundary this close (of a partition's length) to a unit's end moves there,
+SNAP = 0.2  # a partition boundary this close (of a partition's length) to a unit's end moves there,
 SNAP_UNITS = 16  # where the epoch has fewer units than this per partition
 UNEVEN_BATCH = 4  # and only for global batches of at least this many rows per partition
 
@@ -206,31 +206,15 @@ class TrainOrder:
 
     def bounds(self, ends: np.ndarray) -> np.ndarray:
         """Where the partitions start and end in the epoch's unit sequence (``ends``: where each
-        unit ends): their shares of the position cycle, except among few units, where no process
-        should fetch a whole chunk for a few of its rows. With fewer units than partitions, each
-        unit is split evenly among partitions of its own, as many as its share of the rows (a
-        unit too small for one joins the partition before it), so that ranks that own whole
-        units read only those; with fewer than ``SNAP_UNITS`` a partition,
-        a cut within ``SNAP`` of a partition's length of a unit's end moves there. Not for global
-        batches under ``UNEVEN_BATCH`` rows a partition: unequal partitions make a batch a few
-        rows longer or shorter, which small batches cannot spare."""
+        unit ends): their shares of the position cycle, except among few units (under
+        ``SNAP_UNITS`` a partition), where a cut within ``SNAP`` of a partition's length of a
+        unit's end moves there, so that no process fetches a whole chunk for a few of its rows.
+        Not for global batches under ``UNEVEN_BATCH`` rows a partition: unequal partitions make a
+        batch a few rows longer or shorter, which small batches cannot spare."""
         n, parts = self.rows, self.partitions
         shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
         if self.global_batch < UNEVEN_BATCH * parts:  # partitions of unequal length pace batches within
             return np.array([0, *shares], dtype=np.int64)  # a row each: too coarse for small batches
-        if len(ends) < parts:  # each unit split among its own partitions, in proportion to its rows
-            lengths = np.diff(ends, prepend=0)
-            quota = lengths * parts / n
-            counts = np.floor(quota).astype(np.int64)
-            for k in np.argsort(counts - quota, kind="stable")[: parts - int(counts.sum())]:
-                counts[k] += 1  # the largest remainders
-            cuts = [
-                int(end - length + length * k // count)
-                for end, length, count in zip(ends, lengths, counts, strict=True)
-                for k in range(count)
-            ]
-            cuts[0] = 0  # a unit too small for a partition of its own joins the one before it
-            return np.array([*cuts, n], dtype=np.int64)
         # a cut costs a unit read: worth a partition of unequal length only among few units
         tolerance = int(SNAP * n / parts) if len(ends) < SNAP_UNITS * parts else 0
         cuts = [0]

