@@ -398,7 +398,8 @@ def memory_cgroup(limit: int) -> Path | None:
 
 def photo_epoch(gigabytes: float, cap: int, work: Path) -> str:
     """One epoch of a photo lake (the data module's defaults, ``image_size`` 64) in a fresh process
-    under a ``cap``-byte memory cgroup: peak memory of its process tree, OOM kills, every row once."""
+    under a ``cap``-byte memory cgroup: peak memory of its process tree (PSS: pages shared by the
+    forked workers counted once), OOM kills, every row once."""
     from fashion_lake.bench import _tree, rollup_bytes
 
     url, started = str(work / "photos"), time.perf_counter()
@@ -417,10 +418,11 @@ def photo_epoch(gigabytes: float, cap: int, work: Path) -> str:
             cmd, stdout=PIPE, stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=enter
         )
         while proc.poll() is None:
-            peak = max(peak, rollup_bytes(_tree(proc.pid), ("Rss",))["Rss"])
+            peak = max(peak, rollup_bytes(_tree(proc.pid), ("Pss",))["Pss"])
             time.sleep(0.1)
         report = json.loads(proc.stdout.read() or "{}") if proc.returncode == 0 else {}  # type: ignore[union-attr]
         kills = _oom_kills(group) if group is not None else 0
+        charged = _peak_charge(group) if group is not None else 0
     finally:
         if group is not None:
             group.rmdir()
@@ -431,10 +433,20 @@ def photo_epoch(gigabytes: float, cap: int, work: Path) -> str:
     return (
         f"photo epoch {where}: {rows:,} jpeg rows, {stored / 1e9:.2f} GB stored (written in "
         f"{written:.0f} s); "
-        f"exit {proc.returncode}, OOM kills {kills}, every row once: {'yes' if once else 'no'}; peak RSS of "
-        f"the process tree {peak / 2**30:.2f} GiB; first batch {report.get('first', float('nan')):.1f} s, "
+        f"exit {proc.returncode}, OOM kills {kills}, every row once: {'yes' if once else 'no'}; peak PSS of "
+        f"the process tree {peak / 2**30:.2f} GiB (the cgroup's peak charge, page cache included: "
+        f"{charged / 2**30:.2f} GiB); first batch {report.get('first', float('nan')):.1f} s, "
         f"epoch {report.get('seconds', float('nan')):.0f} s"
     )
+
+
+def _peak_charge(group: Path) -> int:
+    for name in ("memory.peak", "memory.max_usage_in_bytes"):
+        try:
+            return int((group / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return 0
 
 
 def _oom_kills(group: Path) -> int:
