@@ -19,10 +19,12 @@ Lake's chunks, ``units.py``). Each training epoch:
 
 So the rows of every global batch depend on ``(seed, epoch, units, partitions, group_units,
 G)`` only, never on the number of ranks or workers. Rank ``r`` of ``W`` owns partitions
-``[r * P / W, (r + 1) * P / W)`` (``W`` must divide ``P``), and worker ``k`` of ``K`` reads the
-units whose id is ``k`` modulo ``K``: every unit is read by one process per epoch, except the
-at most ``P - 1`` units cut between partitions of two processes. A batch is assembled from
-its workers' parts in global-position order, so resuming with other workers is exact.
+``[r * P / W, (r + 1) * P / W)`` (``W`` must divide ``P``), and its ``K`` workers read whole
+units dealt to them in turn (``Readers``): every unit is read by one process per epoch, except
+the at most ``P - 1`` units cut between partitions of two processes. On local storage each
+worker reads its run of every unit's rows instead, so that the workers stay even among few
+units. A batch is assembled from its workers' parts in global-position order, so resuming
+with other workers is exact.
 
 Nothing here is O(rows): the epoch plan is O(units), and a partition's rows are computed a
 group at a time (O(group rows)).
@@ -131,11 +133,53 @@ class Partition:
             start = end
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
-    def group_units_at(self, position: int) -> list[np.ndarray]:
-        """Unit ids of the group holding ``position`` and of the next group (to read ahead)."""
-        k = int(np.searchsorted(self.group_ends, position, side="right"))
+    def group_at(self, position: int) -> int:
+        """The group holding ``position``."""
+        return int(np.searchsorted(self.group_ends, position, side="right"))
+
+    def groups_from(self, k: int) -> list[np.ndarray]:
+        """Unit ids of group ``k`` and of the next group (to read ahead)."""
         starts, units = self.group_starts, self.pieces.units
         return [units[starts[j] : starts[j + 1]] if j + 1 < len(starts) else units[:0] for j in (k, k + 1)]
+
+
+@dataclass(frozen=True)
+class Readers:
+    """Which of a rank's ``workers`` reads each of its rows in an epoch.
+
+    Whole units dealt to the workers in turn, each fetched by one process; or, with ``split``
+    (local storage, where the page cache serves a repeated read), the rows the rank reads of
+    each unit cut into ``workers`` runs, one per worker: the workers stay even however few the
+    units are. Either way a step's part of each worker holds about ``1 / workers`` of its rows.
+    """
+
+    dealt: np.ndarray  # unit -> the worker that reads it whole; -1: the rank reads none of it
+    lo: np.ndarray  # unit -> the first row of it that the rank reads
+    hi: np.ndarray  # unit -> the end of the rows of it that the rank reads
+    workers: int
+    split: bool
+
+    def worker_of(self, rows: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """The worker reading each of ``rows`` (of ``units``)."""
+        if not self.split:
+            return self.dealt[units]
+        lo, hi = self.lo[units], self.hi[units]
+        return (rows - lo) * self.workers // np.maximum(hi - lo, 1)
+
+    def span(self, unit: int, worker: int) -> tuple[int, int]:
+        """Rows ``[a, b)`` of ``unit`` that ``worker`` reads."""
+        lo, hi = int(self.lo[unit]), int(self.hi[unit])
+        if not self.split:
+            return (lo, hi) if self.dealt[unit] == worker else (lo, lo)
+        n, k = hi - lo, self.workers
+        return lo + -(-worker * n // k), lo + -(-(worker + 1) * n // k)
+
+    def reads(self, units: np.ndarray, worker: int) -> np.ndarray:
+        """Whether ``worker`` reads any row of each of ``units``."""
+        if not self.split:
+            return self.dealt[units] == worker
+        n, k = self.hi[units] - self.lo[units], self.workers
+        return (self.dealt[units] >= 0) & (-(-worker * n // k) < -(-(worker + 1) * n // k))
 
 
 @dataclass(frozen=True)
@@ -230,25 +274,36 @@ class TrainOrder:
     def lengths(self) -> np.ndarray:
         return np.array([len(partition) for partition in self.partition_list], dtype=np.int64)
 
-    def taken(self, partition: int, position: int) -> int:
-        """Rows of ``partition`` in the epoch's first ``position`` global positions. Positions go
+    def taken(self, position: int) -> np.ndarray:
+        """Rows of each partition in the epoch's first ``position`` global positions. Positions go
         to the partitions in a digit-reversed cycle, ``slot_of``, so that any run of them spreads
         evenly over the partitions; a partition that a snapped cut made longer or shorter than its
         share of that cycle takes its rows in proportion to its length instead, rounded at the
         same phase."""
-        length, parts, slot = int(self.lengths[partition]), self.partitions, int(self.slot_of[partition])
-        if length == (self.rows - slot + parts - 1) // parts:  # its share of the cycle
-            return min(length, max(0, -(-(position - slot) // parts)))
-        return min(length, (length * position * parts // self.rows + parts - 1 - slot) // parts)
+        length, parts, slot = self.lengths, self.partitions, self.slot_of
+        share = np.minimum(length, np.maximum(0, -(-(position - slot) // parts)))
+        paced = np.minimum(length, (length * position * parts // self.rows + parts - 1 - slot) // parts)
+        return np.where(self._even, share, paced)
 
-    def reader_of(self, owned: range, workers: int) -> dict[int, int]:
-        """Unit -> the worker (of ``workers``) that reads it: the units of the ``owned`` partitions
-        dealt in turn, in the order the rank first reads them."""
-        units: dict[int, int] = {}
+    @cached_property
+    def _even(self) -> np.ndarray:
+        """Whether each partition holds exactly its share of the position cycle."""
+        return self.lengths == (self.rows - self.slot_of + self.partitions - 1) // self.partitions
+
+    def readers(self, owned: range, workers: int, split: bool) -> Readers:
+        """Which of ``workers`` reads each row of the ``owned`` partitions (see ``Readers``)."""
+        count = len(self.unit_starts) - 1
+        dealt = np.full(count, -1, dtype=np.int64)
+        lo, hi = np.full(count, self.rows, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        turn = 0
         for p in owned:
-            for unit in self.partition_list[p].pieces.units.tolist():
-                units.setdefault(unit, len(units) % workers)
-        return units
+            pieces = self.partition_list[p].pieces
+            for unit in pieces.units.tolist():  # dealt in turn, in the order the rank first reads them
+                if dealt[unit] < 0:
+                    dealt[unit], turn = turn % workers, turn + 1
+            np.minimum.at(lo, pieces.units, pieces.starts)
+            np.maximum.at(hi, pieces.units, pieces.stops)
+        return Readers(dealt, lo, hi, workers, split)
 
     def owned(self, dist: DistContext) -> range:
         """The partitions rank ``dist.rank`` reads."""
@@ -266,7 +321,7 @@ class TrainOrder:
         if self.drop_last or not tail:
             return full
         start = full * self.global_batch
-        left = [self.lengths[p] - self.taken(p, start) for p in range(self.partitions)]
+        left = self.lengths - self.taken(start)
         ranks = [self.owned_by(r, self.world_size) for r in range(self.world_size)]
         return full + int(all(sum(left[p] for p in owned) > 0 for owned in ranks))
 
@@ -275,17 +330,18 @@ class TrainOrder:
         """Partition -> its place in the cycle of positions (see the module docstring)."""
         return np.argsort(digit_reversed(self.partitions))
 
-    def spans(self, step: int, partition: int) -> tuple[int, int]:
-        """Rows ``[a, b)`` of ``partition`` in global batch ``step``."""
-        lo, hi = step * self.global_batch, (step + 1) * self.global_batch
+    def spans(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[a[p], b[p])`` of each partition ``p`` in global batch ``step``."""
         last = step == self.steps - 1 and not self.drop_last  # with any tail too small to share
-        return self.taken(partition, lo), int(self.lengths[partition]) if last else self.taken(partition, hi)
+        stop = self.lengths if last else self.taken((step + 1) * self.global_batch)
+        return self.taken(step * self.global_batch), stop
 
     def batch(self, step: int, partitions: range) -> tuple[np.ndarray, np.ndarray]:
         """(global positions, storage rows) of ``partitions``' share of batch ``step``, by position."""
         positions, rows = [], []
+        starts, stops = self.spans(step)
         for p in partitions:
-            a, b = self.spans(step, p)
+            a, b = int(starts[p]), int(stops[p])
             positions.append(np.arange(a, b, dtype=np.int64) * self.partitions + int(self.slot_of[p]))
             rows.append(self.partition_list[p].rows(a, b))
         pos, got = np.concatenate(positions), np.concatenate(rows)
@@ -326,9 +382,11 @@ def eval_shares(rows: int, batch_size: int, dist: DistContext, workers: int) -> 
     """Evaluation: this rank's rows as one contiguous range per worker (one for ``workers`` 0),
     and the batches each worker yields (the same on every rank and worker; short ones pad)."""
     parts = max(1, workers)
+
     def share(lo: int, hi: int, k: int, n: int) -> range:  # noqa: E306
         size = hi - lo
         return range(lo + k * size // n, lo + (k + 1) * size // n)
+
     mine = share(0, rows, dist.rank, dist.world_size)
     largest = math.ceil(math.ceil(rows / dist.world_size) / parts)
     return [share(mine.start, mine.stop, k, parts) for k in range(parts)], math.ceil(largest / batch_size)

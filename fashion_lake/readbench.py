@@ -19,8 +19,10 @@ is a fresh process that builds a ``DeepLakeDataModule`` through its public API o
 counter is read and all ranks are released together to read one training epoch of their shard.
 Columns: ``epoch bytes / stored`` (GET response bodies from the release to the last rank's exit,
 and the MB), ``with setup`` (the same from the first process's start), ``GETs`` (epoch + setup),
-``first batch s`` (the slowest rank's, from the release; the header gives the time to read one
-chunk through the proxy, to compare with), ``wall s`` (release to the last rank's last batch),
+``first batch s / units s`` (the slowest rank's first batch, from the release, and the time a
+fresh process takes to open the lake and read the read units that batch draws from, with Deep
+Lake's async reads: what any reader of those rows waits for), ``wall s`` (release to the last
+rank's last batch),
 ``exactly once`` (the ranks' ``batch['index']`` together cover every row once) and rows per
 rank.
 
@@ -62,7 +64,8 @@ from fashion_lake.errors import ConfigError, DatasetError, OneLineErrors, run_co
 BUCKET = "readbench"
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_READBENCH_KEY_ID", "FASHION_LAKE_READBENCH_SECRET"
 COLUMNS = (
-    "lake, W x K, epoch bytes / stored, with setup, GETs, first batch s, wall s, exactly once, rows/rank"
+    "lake, W x K, epoch bytes / stored, with setup, GETs, first batch s / units s, wall s, exactly once, "
+    "rows/rank"
 )
 DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
 # One rank in a fresh process; protocol lines go to the real stdout, everything else to stderr.
@@ -226,7 +229,12 @@ def run_rank(spec_json: str) -> None:
     dm.dist = DistContext(spec["rank"], spec["world"])
     dm.setup("fit")
     loader = dm.train_dataloader()
-    print("ready", file=protocol, flush=True)
+    order = loader.order_of(0)
+    starts = order.unit_starts
+    _, rows = order.batch(0, order.owned(dm.dist))
+    units = np.unique(np.searchsorted(starts, rows, side="right") - 1).tolist()
+    spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
+    print(json.dumps({"spans": spans}), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
         return
     start, first, seen = time.perf_counter(), None, [np.empty(0, np.int64)]
@@ -235,6 +243,30 @@ def run_rank(spec_json: str) -> None:
         seen.append(batch["index"].numpy().astype(np.int64))
     np.save(spec["out"], np.concatenate(seen))
     print(json.dumps({"first": first, "rows": sum(map(len, seen))}), file=protocol, flush=True)
+
+
+_UNITS = """
+import json, sys, time
+started = time.perf_counter()
+import deeplake
+url, creds, spans, encoded = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "1"
+ds = deeplake.open_read_only(url, creds=creds)
+images, labels = ds["images"], ds["labels"]
+get = images.get_bytes_async if encoded else images.get_async
+reads = [(get(slice(*s)), labels.get_async(slice(*s))) for s in spans]
+[(a.result(), b.result()) for a, b in reads]
+print(time.perf_counter() - started)
+"""
+
+
+def units_read(lake: Lake, creds: dict[str, str], spans: list[list[int]], env: dict[str, str]) -> float:
+    """Seconds a fresh process takes to open ``lake`` and read these row spans (whole read units)
+    concurrently with Deep Lake's async reads: the least any reader waits for those rows."""
+    args = [lake.url, json.dumps(creds), json.dumps(spans), "0" if lake.name == "raw" else "1"]
+    done = subprocess.run([sys.executable, "-c", _UNITS, *args], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise DatasetError(f"reading the first units of {lake.url} failed: {done.stderr.strip()[-300:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -253,6 +285,7 @@ class Run:
     epoch: tuple[int, int]  # (GETs, bytes) from the release to the end
     total: tuple[int, int]  # the same from the first rank's start ("with setup")
     first_batch: float  # seconds, the slowest rank's
+    first_units: float  # seconds for a fresh process to open the lake and read that rank's first units
     wall: float
     rows: list[int]  # per rank
     exactly_once: bool
@@ -268,7 +301,7 @@ class Run:
             f"{self.world} x {self.workers}",
             *ratios,
             f"{self.epoch[0]} + {self.total[0] - self.epoch[0]}",
-            f"{self.first_batch:.2f}",
+            f"{self.first_batch:.2f} / {self.first_units:.2f}",
             f"{self.wall:.1f}",
             "yes" if self.exactly_once else "no",
             "/".join(map(str, self.rows)),
@@ -310,8 +343,8 @@ def measure(
     watchdog = threading.Timer(args.timeout, lambda: [proc.kill() for proc in procs])
     watchdog.start()
     try:
-        for rank, proc in enumerate(procs):
-            _protocol_line(proc, rank, errs[rank])  # "ready": set up, loader built
+        # set up, loader built: the row spans of the units its first batch reads
+        spans = [json.loads(_protocol_line(p, rank, errs[rank]))["spans"] for rank, p in enumerate(procs)]
         ready, released = proxy.snapshot(), time.perf_counter()
         for proc in procs:
             proc.stdin.write("go\n")  # type: ignore[union-attr]
@@ -329,9 +362,12 @@ def measure(
     end = proxy.snapshot()
     seen = np.sort(np.concatenate([np.load(f"{stem}{rank}.npy") for rank in range(world)]))
     epoch, total = (end[0] - ready[0], end[1] - ready[1]), (end[0] - start[0], end[1] - start[1])
-    first = max(report["first"] or 0.0 for report in reports)
+    slowest = max(range(world), key=lambda rank: reports[rank]["first"] or 0.0)
+    first = reports[slowest]["first"] or 0.0
+    units = units_read(lake, options["creds"], spans[slowest], env)
     once = bool(np.array_equal(seen, np.arange(lake.rows)))
-    return Run(lake, world, workers, epoch, total, first, wall, [report["rows"] for report in reports], once)
+    rows = [report["rows"] for report in reports]
+    return Run(lake, world, workers, epoch, total, first, units, wall, rows, once)
 
 
 # ------------------------------------------------------------------ a photo epoch under a memory cap

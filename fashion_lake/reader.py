@@ -23,6 +23,7 @@ the Deep Lake tutorial.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import mmap
@@ -48,11 +49,12 @@ from fashion_lake.decode import (
 )
 from fashion_lake.errors import DatasetError
 from fashion_lake.handoff import BatchSlots, HostBatch
-from fashion_lake.lake import LakeInfo, LakeSource, storage_errors
+from fashion_lake.lake import LakeInfo, LakeSource, is_local, storage_errors
 from fashion_lake.order import DistContext, OrderSpec, chunks
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 Block = tuple[np.ndarray, np.ndarray]  # a unit's images (pixels, or encoded bytes as objects), labels
+Span = tuple[int, int]  # rows [a, b) of a unit
 READ_HINT = (
     "Transient storage errors were already retried; check that the storage is reachable and "
     "the credentials are still valid, then resume with --ckpt_path last."
@@ -61,10 +63,20 @@ READ_HINT = (
 
 @dataclass(frozen=True)
 class Pending:
-    """A unit's read in flight: Deep Lake futures of its images and labels."""
+    """A unit's read in flight: Deep Lake futures of its images and labels from row ``start`` on."""
 
     images: Any
     labels: Any
+    start: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """A unit's rows once read, from row ``start`` on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    start: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,9 @@ class LakeDataset(IterableDataset):
         self.sample_transform = sample_transform
         self.skip_corrupt, self.decode_on_device = skip_corrupt, decode_on_device
         self.crops, self.train = crops, train
+        # each worker reads its run of every unit (local: the page cache serves the repeats), or
+        # whole units dealt in turn (remote: each fetched once); see order.Readers
+        self.split_units = is_local(source.url)
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
         self._ds: Any = None
@@ -155,9 +170,7 @@ class LakeDataset(IterableDataset):
     @property
     def ds(self) -> Any:
         if self._ds is None or self._pid != os.getpid():
-            self._ds = self.source.open()
-            self._rows = self._ds.pytorch(transform=self.sample_transform)
-            self._pid = os.getpid()
+            self._ds, self._rows, self._pid = self.source.open(), None, os.getpid()
         return self._ds
 
     @property
@@ -175,7 +188,8 @@ class LakeDataset(IterableDataset):
         return self.info.rows
 
     def __getitem__(self, index: int) -> dict:
-        self.ds  # noqa: B018 - opens the handle in this process
+        if self._rows is None or self._pid != os.getpid():
+            self._rows = self.ds.pytorch(transform=self.sample_transform)
         with storage_errors(f"reading row {self._row_id(int(index))} of {self.source.url!r}"):
             row = self._rows[int(index)]
         if self.sample_transform is None:
@@ -212,64 +226,87 @@ class LakeDataset(IterableDataset):
         """This process's part of each of the rank's batches: the rows in units it owns."""
         order = plan.spec.at(plan.epoch)
         owned = order.owned(plan.dist)
-        reader = np.full(len(self.units) - 1, -1)
-        for unit, k in order.reader_of(owned, workers).items():
-            reader[unit] = k
-        held: dict[int, Any] = {}  # unit -> Block, or its pending read
+        readers = order.readers(owned, workers, split=self.split_units)
+        span = functools.partial(readers.span, worker=worker)
+        held: dict[int, Held | Pending] = {}
+        ahead: set[int] = set()
+        last: list[int] = []
         for step in range(plan.start, order.steps):
             positions, rows = order.batch(step, owned)
             units = np.searchsorted(self.units, rows, side="right") - 1
-            mine = reader[units] == worker
+            mine = readers.worker_of(rows, units) == worker
             positions, rows, units = positions[mine], rows[mine], units[mine]
             if self.sample_transform is not None:
                 yield self._sample_part(rows, positions)
                 continue
-            wanted: set[int] = set()  # the shuffle groups in use and the next ones, of units read here
-            for p in owned:
-                at = order.spans(step, p)[0]
-                for group in order.partition_list[p].group_units_at(at):
-                    wanted.update(int(u) for u in group[reader[group] == worker])
-            self._hold(wanted, held)
-            yield self._part(rows, *self._gather(rows, units, held), order.epoch, positions)
+            now = set(np.unique(units).tolist())
+            at = order.taken(step * order.global_batch)
+            groups = [order.partition_list[p].group_at(int(at[p])) for p in owned]
+            if groups != last:  # the shuffle groups in use and the next ones, of units read here
+                ahead, last = set(), groups
+                for p, k in zip(owned, groups, strict=True):
+                    for group in order.partition_list[p].groups_from(k):
+                        ahead.update(group[readers.reads(group, worker)].tolist())
+            wanted = ahead | now
+            # this batch's units first: reads ahead would share the bandwidth the first batch waits on
+            self._hold(wanted, held, span, now)
+            block = self._gather(rows, units, held)
+            self._hold(wanted, held, span)
+            yield self._part(rows, *block, order.epoch, positions)
 
     def _eval_parts(self, plan: EvalPlan, worker: int) -> Iterator[dict]:
         """This worker's share of the rank's rows in storage order, in ``plan.count`` batches."""
-        held: dict[int, Any] = {}
-        for batch in chunks(plan.shares[worker], plan.batch_size, plan.count):
+        held: dict[int, Held | Pending] = {}
+        share = plan.shares[worker]
+
+        def span(unit: int) -> Span:  # noqa: E306 - the unit's rows in this worker's share
+            return max(int(self.units[unit]), share.start), min(int(self.units[unit + 1]), share.stop)
+
+        for batch in chunks(share, plan.batch_size, plan.count):
             rows = np.arange(batch.start, batch.stop, dtype=np.int64)
             if self.sample_transform is not None:
                 yield self._sample_part(rows, rows)
                 continue
             units = np.searchsorted(self.units, rows, side="right") - 1
             if len(rows):  # these units, and the next one to read ahead
-                self._hold(set(range(int(units[0]), min(int(units[-1]) + 2, len(self.units) - 1))), held)
+                ahead = set(range(int(units[0]), min(int(units[-1]) + 2, len(self.units) - 1)))
+                self._hold({u for u in ahead if span(u)[0] < span(u)[1]}, held, span)
             yield self._part(rows, *self._gather(rows, units, held), 0, rows)
 
-    def _hold(self, wanted: set[int], held: dict[int, Any]) -> None:
-        """Drop the units no longer wanted; start reading the wanted ones not held yet."""
+    def _hold(
+        self,
+        wanted: set[int],
+        held: dict[int, Held | Pending],
+        span: Callable[[int], Span],
+        only: set[int] | None = None,
+    ) -> None:
+        """Drop the units no longer wanted; start reading the wanted ones (of ``only``) not held
+        yet: the rows ``span(unit)`` of each, this process's rows of it."""
         for unit in [u for u in held if u not in wanted]:
             del held[unit]
-        missing = sorted(u for u in wanted if u not in held)
+        missing = sorted(u for u in (wanted if only is None else only) if u not in held)
         if missing:
-            held.update(zip(missing, self._start_read(missing), strict=True))
+            held.update(zip(missing, self._start_read(missing, [span(u) for u in missing]), strict=True))
 
-    def _gather(self, rows: np.ndarray, units: np.ndarray, held: dict[int, Any]) -> Block:
+    def _gather(self, rows: np.ndarray, units: np.ndarray, held: dict[int, Held | Pending]) -> Block:
         """The images and labels of ``rows`` (in units ``units``), waiting for reads in flight."""
+        found: dict[int, Held] = {}
         for unit in np.unique(units).tolist():
-            if isinstance(held.get(unit), Pending):
-                held[unit] = self._finish_read(unit, held[unit])
-            elif unit not in held:
-                held[unit] = self._read([unit])[0]
+            got = held.get(unit)
+            if isinstance(got, Pending):
+                got = held[unit] = self._finish_read(unit, got)
+            elif got is None:
+                got = held[unit] = self._read([unit])[0]
+            found[unit] = got
         if not len(rows):
             return np.empty(0, dtype=object), np.empty(0, np.int64)
-        first = held[int(units[0])][0]
+        first = found[int(units[0])].images
         images = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
         labels = np.empty(len(rows), dtype=np.int64)
-        for unit in np.unique(units).tolist():
-            at = np.flatnonzero(units == unit)
-            unit_images, unit_labels = held[unit]
-            local = rows[at] - self.units[unit]
-            images[at], labels[at] = unit_images[local], unit_labels[local]
+        for unit, got in found.items():
+            at = np.flatnonzero(units == unit) if len(found) > 1 else slice(None)
+            local = rows[at] - got.start
+            images[at], labels[at] = got.images[local], got.labels[local]
         return images, labels
 
     def _item(self, parts: list[dict], grouped: bool) -> HostBatch:
@@ -352,22 +389,25 @@ class LakeDataset(IterableDataset):
             for image, row in zip(images, rows, strict=True)
         ]
 
-    def _start_read(self, units: list[int]) -> list[Any]:
-        """Start reading whole ``units``, concurrently (Deep Lake's async reads)."""
+    def _span(self, unit: int) -> Span:
+        return int(self.units[unit]), int(self.units[unit + 1])
+
+    def _start_read(self, units: list[int], spans: list[Span] | None = None) -> list[Pending]:
+        """Start reading ``units`` (whole, or rows ``spans`` of them), concurrently (async reads)."""
         images_column, labels_column = self.ds[self.image_column], self.ds[self.label_column]
         with storage_errors(f"reading {self._where(units)} of {self.source.url!r}", READ_HINT):
             pending = []
-            for unit in units:
-                span = slice(int(self.units[unit]), int(self.units[unit + 1]))
+            for a, b in spans or [self._span(u) for u in units]:
+                span = slice(a, b)
                 images = (
                     images_column.get_bytes_async(span)
                     if self.info.codec is not None
                     else images_column.get_async(span)
                 )
-                pending.append(Pending(images, labels_column.get_async(span)))
+                pending.append(Pending(images, labels_column.get_async(span), a))
         return pending
 
-    def _finish_read(self, unit: int, pending: Any) -> Block:
+    def _finish_read(self, unit: int, pending: Pending) -> Held:
         """A unit's rows once read: images (N, C, H, W) or encoded bytes (N,), and labels (N,).
 
         Deep Lake retries transient storage errors (resets, 5xx) itself; what still fails is
@@ -377,16 +417,16 @@ class LakeDataset(IterableDataset):
         """
         with storage_errors(f"reading {self._where([unit])} of {self.source.url!r}", READ_HINT):
             images, labels = pending.images.result(), pending.labels.result()
-        start = int(self.units[unit])
+        start = pending.start
         labels = self._checked(_class_ids(np.asarray(labels), self.label_column), start)
         if self.info.codec is not None or self.crops is not None:  # one object per row
-            return _objects(images), labels
+            return Held(_objects(images), labels, start)
         if not isinstance(images, np.ndarray) or images.dtype == object:
             images = self._stack(list(images), labels, np.arange(start, start + len(images)))
         images = to_channels(_hwc(images, batched=True), self.channels)
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
+        return Held(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels, start)
 
-    def _read(self, units: list[int]) -> list[Block]:
+    def _read(self, units: list[int]) -> list[Held]:
         return [self._finish_read(u, p) for u, p in zip(units, self._start_read(units), strict=True)]
 
     def _where(self, units: list[int]) -> str:
@@ -457,9 +497,9 @@ class LakeDataset(IterableDataset):
             return sorted(self._row_id(int(r)) for r in view_rows)
         units = np.unique(np.searchsorted(self.units, view_rows, side="right") - 1).tolist()
         found = []
-        for unit, (encoded, _) in zip(units, self._read(units), strict=True):
+        for unit, got in zip(units, self._read(units), strict=True):
             # one row at a time: a unit of 12-megapixel photos decoded at once would take gigabytes
-            for offset, data in enumerate(encoded):
+            for offset, data in enumerate(got.images):
                 if decode_host([data], self.info.codec, self.channels)[0] is None:
                     found.append(self._row_id(int(self.units[unit]) + offset))
         return found

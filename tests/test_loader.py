@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import deeplake
 import numpy as np
@@ -91,21 +92,41 @@ def test_resume_anywhere_continues_the_same_batches(
     assert after[0].state_dict()["finished"]
 
 
-def test_each_unit_is_read_by_one_process(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """4 ranks x 2 workers over 5 units: a unit is read twice only where a partition cut between
-    two processes falls inside it (at most processes - 1 such reads)."""
-    reads = multiprocessing.get_context("fork").Array("i", len(COMMITS))
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """Shared counters, across forked workers, of each unit's reads and of each row's."""
+    units, rows = (multiprocessing.get_context("fork").Array("i", n) for n in (len(COMMITS), ROWS))
     start = LakeDataset._start_read
 
-    def counted(self: LakeDataset, units: list[int]) -> list:
-        with reads.get_lock():
-            for unit in units:
-                reads[unit] += 1
-        return start(self, units)
+    def counted(self: LakeDataset, which: list[int], spans: list[tuple[int, int]] | None = None) -> list:
+        with units.get_lock():
+            for unit, (a, b) in zip(which, spans or [self._span(u) for u in which], strict=True):
+                units[unit] += 1
+                for row in range(a, b):
+                    rows[row] += 1
+        return start(self, which, spans)
 
     monkeypatch.setattr(LakeDataset, "_start_read", counted)
-    _steps([_loader(lake, rank, 4, 2) for rank in range(4)])
-    assert min(reads) >= 1 and sum(reads) <= len(COMMITS) + 4 * 2 - 1
+    return units, rows
+
+
+def test_each_unit_is_read_by_one_process(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote storage, 4 ranks x 2 workers over 5 units: a unit is read twice only where a
+    partition cut between two processes falls inside it (at most processes - 1 such reads)."""
+    units, _ = _count_reads(monkeypatch)
+    loaders = [_loader(lake, rank, 4, 2) for rank in range(4)]
+    for loader in loaders:
+        loader.dataset.split_units = False  # as for s3:// and other remote lakes
+    _steps(loaders)
+    assert min(units) >= 1 and sum(units) <= len(COMMITS) + 4 * 2 - 1
+
+
+def test_local_workers_read_each_row_once(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local storage: each worker reads its run of every unit the rank reads, so the workers
+    stay even among few units, and still no row is read by two processes."""
+    units, rows = _count_reads(monkeypatch)
+    _steps([_loader(lake, rank, 2, 2) for rank in range(2)])
+    assert list(rows) == [1] * ROWS
+    assert sum(units) > len(COMMITS)  # units shared by the workers of a rank
 
 
 def test_an_epoch_cut_short_does_not_shorten_the_next(lake: str) -> None:

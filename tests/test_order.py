@@ -144,7 +144,7 @@ def test_the_first_batch_waits_for_one_unit_per_partition() -> None:
     order = TrainOrder(units, 64, partitions=8, group_units=8)
     rows = order.batch(0, range(8))[1]
     assert len(np.unique(np.searchsorted(units, rows, side="right") - 1)) <= 8 + 1  # + a cut unit
-    assert [len(g) for g in order.partition_list[0].group_units_at(0)] == [1, 2]
+    assert [len(g) for g in order.partition_list[0].groups_from(0)] == [1, 2]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
