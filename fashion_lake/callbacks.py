@@ -22,7 +22,7 @@ class DataWait(pl.Callback):
     Waiting is the time from the end of one step to the start of the next: fetching from the
     loader, the host-to-device copy and the on-device batch transform. Near 0 means the
     model, not the data path, sets the pace. ``wait`` and ``step_time`` hold the last step's
-    seconds, for tools that time steps (``fashion_lake.speed``).
+    seconds, for tools that time steps (``fashion_lake.tools.speed``).
     """
 
     def __init__(self) -> None:

@@ -10,7 +10,7 @@ from jsonargparse import ActionSubCommands
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from fashion_lake.checkpoint import WRITTEN_BY_FIT, check_checkpoint
-from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.data.module import DeepLakeDataModule
 from fashion_lake.errors import ConfigError, OneLineErrors, run_command
 from fashion_lake.model import FashionMnistModule
 

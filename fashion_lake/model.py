@@ -16,8 +16,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import ResNet18_Weights, get_model, get_model_weights, list_models, resnet18
 
+from fashion_lake.data.augment import IMAGENET_STATS, per_channel
 from fashion_lake.errors import ConfigError
-from fashion_lake.transforms import IMAGENET_STATS, per_channel
 
 PRETRAINED_URL = ResNet18_Weights.IMAGENET1K_V1.url
 

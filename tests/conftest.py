@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_lake.ingest import IDX_FILES, fashion_mnist, read_idx
+from fashion_lake.ingest.write import IDX_FILES, fashion_mnist, read_idx
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -210,8 +210,8 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture(scope="session")
 def codec_lakes(real_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     """png and jpeg lakes written with plain deeplake from the first real IDX rows: codec -> split -> URL."""
-    from fashion_lake.bench import write_plain_lake
-    from fashion_lake.ingest import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from fashion_lake.ingest.write import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from fashion_lake.tools.plain import write_plain_lake
 
     root = tmp_path_factory.mktemp("codec-lakes")
     lakes: dict[str, dict[str, str]] = {}

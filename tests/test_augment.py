@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fashion_lake import DeepLakeDataModule
-from fashion_lake.transforms import BatchTransform, crop, erase, hflip, rotate
+from fashion_lake.data.augment import BatchTransform, crop, erase, hflip, rotate
 
 
 def _gen(seed: int) -> torch.Generator:

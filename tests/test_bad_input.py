@@ -2,7 +2,7 @@
 that names what is wrong and how to fix it, and no input file created, changed or deleted.
 
 Each case runs a real command in this process (``fashion_lake``, ``fashion_lake.ingest``,
-``fashion_lake.bench``, ``fashion_lake.export``) from an empty run folder, against a shared set
+``fashion_lake.tools.bench``, ``fashion_lake.export``) from an empty run folder, against a shared set
 of inputs that is hashed before and after it.
 """
 
@@ -22,9 +22,11 @@ import pytest
 import torch
 from conftest import CONFIGS, PhotoFolder, write_small_lake
 
-from fashion_lake import bench, export, ingest
+from fashion_lake import export
 from fashion_lake.cli import main as cli_main
-from fashion_lake.ingest import FASHION_MNIST_CLASSES
+from fashion_lake.ingest import write as ingest
+from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
+from fashion_lake.tools import bench
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def run(command: str, *args: str) -> Callable[[Inputs], list[str]]:
 PROGRAMS: dict[str, Callable[[list[str]], Any]] = {
     "fashion_lake": cli_main,
     "fashion_lake.ingest": ingest.main,
-    "fashion_lake.bench": bench.cli,
+    "fashion_lake.tools.bench": bench.cli,
     "fashion_lake.export": export.main,
 }
 
@@ -207,7 +209,7 @@ CASES: list[tuple[str, str, Argv, str]] = [
             "--data.flip",
             "true",
             "--data.train_transform",
-            '{{"images": {{"class_path": "fashion_lake.transforms.SeedTransform"}}}}',
+            '{{"images": {{"class_path": "fashion_lake.data.augment.SeedTransform"}}}}',
         ),
         r"data.flip work on the whole-batch pipeline.*drop data.train_transform",
     ),
@@ -513,12 +515,12 @@ CASES: list[tuple[str, str, Argv, str]] = [
     # --- the benchmark ---
     (
         "bench_epochs_0",
-        "fashion_lake.bench",
+        "fashion_lake.tools.bench",
         lambda i: ["--epochs", "0"],
         r"--epochs and --slow_batches must be 1",
     ),
-    ("bench_ingest_1", "fashion_lake.bench", lambda i: ["--ingest", "1"], r"--ingest must be \d+ or more"),
-    ("bench_batch_text", "fashion_lake.bench", lambda i: ["--batch_size", "x"], r'"batch_size".*x'),
+    ("bench_ingest_1", "fashion_lake.tools.bench", lambda i: ["--ingest", "1"], r"--ingest must be \d+ or"),
+    ("bench_batch_text", "fashion_lake.tools.bench", lambda i: ["--batch_size", "x"], r'"batch_size".*x'),
 ]
 
 

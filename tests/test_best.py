@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_lake import speed
 from fashion_lake.callbacks import Reports
 from fashion_lake.cli import cli_main
+from fashion_lake.tools import speed
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ON_CPU = ["--trainer.precision", "32-true", "--data.batch_size", "16", "--trainer.max_epochs", "1",

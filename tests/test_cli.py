@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_lake.cli import cli_main, main
-from fashion_lake.ingest import FASHION_MNIST_CLASSES
+from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
 
 
 def _last_ckpt(root: Path) -> Path:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fashion_lake import DeepLakeDataModule
+from fashion_lake.data.augment import SeedTransform
+from fashion_lake.data.order import DistContext, TrainOrder
 from fashion_lake.errors import ConfigError, DatasetError
-from fashion_lake.ingest import FASHION_MNIST_CLASSES
-from fashion_lake.order import DistContext, TrainOrder
-from fashion_lake.transforms import SeedTransform
+from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
 
 if TYPE_CHECKING:
     from conftest import MakeLake
@@ -199,7 +199,7 @@ def test_bad_query_is_reported(tiny_lakes: dict[str, str]) -> None:
 def test_download_offline_in_prepare_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
 ) -> None:
-    from fashion_lake import ingest
+    from fashion_lake.ingest import write as ingest
 
     monkeypatch.delenv("FASHION_LAKE_RAW_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

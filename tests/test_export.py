@@ -16,7 +16,7 @@ import torch
 from fashion_lake.cli import cli_main
 from fashion_lake.errors import ConfigError
 from fashion_lake.export import META_FILE, export, main
-from fashion_lake.ingest import FASHION_MNIST_CLASSES
+from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
 
 # Runs the exported program where fashion_lake cannot be imported (as on a machine without it).
 RUN_WITHOUT_FASHION_LAKE = """

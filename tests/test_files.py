@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from fashion_lake.cli import cli_main
+from fashion_lake.data.files import image_files
 from fashion_lake.errors import DatasetError
-from fashion_lake.files import image_files
 
 ROWS = 10
 

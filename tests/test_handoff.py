@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_lake import DeepLakeDataModule, data
-from fashion_lake.handoff import BatchSlots, HostBatch
-from fashion_lake.ingest import read_idx
+from fashion_lake import DeepLakeDataModule
+from fashion_lake.data import plan
+from fashion_lake.data.handoff import BatchSlots, HostBatch
+from fashion_lake.ingest.write import read_idx
 
 
 def _put_in_child(slots: BatchSlots, image: np.ndarray, conn) -> None:
@@ -72,7 +73,7 @@ def test_worker_batches_cross_in_slots_and_stopped_epochs_free_them(
     url = codec_lakes["png"]["train"] if codec == "png" else tiny_lakes["train"]
     images = read_idx(real_raw_dir / "train-images-idx3-ubyte.gz")[:120]
     seen = _crossings(monkeypatch)
-    monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches: 8 per epoch, several left unread
+    monkeypatch.setattr(plan, "GROUP_ROWS", 16)  # tasks of 2 batches: 8 per epoch, several left unread
     dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=8, num_workers=2)  # fmt: skip
     loader = dm.train_dataloader()
     for epoch in range(8):  # each stopped after one batch, leaving the workers' prefetched ones unread
@@ -118,7 +119,7 @@ def test_grouped_tasks_yield_the_batches_of_single_ones(
     """Workers serving 2 batches per task: the same batches, corrupt rows skipped and counted per batch."""
 
     def loader(group_rows: int):
-        monkeypatch.setattr(data, "GROUP_ROWS", group_rows)
+        monkeypatch.setattr(plan, "GROUP_ROWS", group_rows)
         dm = DeepLakeDataModule(train_url=corrupt_jpeg_lake, val_url=corrupt_jpeg_lake, batch_size=3,
                                 num_workers=2, skip_corrupt=True)  # fmt: skip
         return dm.train_dataloader() if split == "train" else dm.val_dataloader()
@@ -131,7 +132,7 @@ def test_grouped_tasks_yield_the_batches_of_single_ones(
 
 
 def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "GROUP_ROWS", 48)  # tasks of 3 batches of 16
+    monkeypatch.setattr(plan, "GROUP_ROWS", 48)  # tasks of 3 batches of 16
 
     def make() -> DeepLakeDataModule:
         url = codec_lakes["png"]
@@ -151,7 +152,7 @@ def test_resume_between_the_batches_of_a_group(codec_lakes: dict, monkeypatch: p
 
 
 def _png_module(codec_lakes: dict, monkeypatch: pytest.MonkeyPatch, **kwargs) -> DeepLakeDataModule:
-    monkeypatch.setattr(data, "GROUP_ROWS", 16)  # tasks of 2 batches of 8
+    monkeypatch.setattr(plan, "GROUP_ROWS", 16)  # tasks of 2 batches of 8
     url = codec_lakes["png"]
     return DeepLakeDataModule(
         train_url=url["train"], val_url=url["test"], batch_size=8, num_workers=2, **kwargs
@@ -195,7 +196,7 @@ def test_loaders_over_one_dataset_keep_their_own_slots(
 def test_a_ranks_empty_share_of_the_last_eval_batch(
     codec_lakes: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fashion_lake.order import DistContext
+    from fashion_lake.data.order import DistContext
 
     rows, sizes = [], []
     for rank in range(3):  # 50 rows: 16 or 17 a rank, 8 or 9 a worker, in batches of 8

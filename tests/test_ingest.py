@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fashion_lake import ingest
 from fashion_lake.errors import DatasetError
-from fashion_lake.folder import Header, Plan, encode, probe
-from fashion_lake.ingest import FASHION_MNIST_CLASSES, IngestError, fashion_mnist, image_folder, read_idx
+from fashion_lake.ingest import write as ingest
+from fashion_lake.ingest.folder import Header, Plan, encode, probe
+from fashion_lake.ingest.write import (
+    FASHION_MNIST_CLASSES,
+    IngestError,
+    fashion_mnist,
+    image_folder,
+    read_idx,
+)
 from fashion_lake.lake import open_lake
 
 if TYPE_CHECKING:
@@ -395,8 +401,8 @@ def test_bad_arguments_are_one_clear_error(
 
 
 def test_folder_module_imports_no_torch() -> None:
-    """Spawned ingest workers import fashion_lake.folder: seconds and hundreds of MB saved each."""
-    code = "import sys, fashion_lake.folder; print(*{name.split('.')[0] for name in sys.modules})"
+    """Spawned ingest workers import fashion_lake.ingest.folder: seconds and hundreds of MB saved each."""
+    code = "import sys, fashion_lake.ingest.folder; print(*{name.split('.')[0] for name in sys.modules})"
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert {"fashion_lake", "PIL", "numpy"} <= set(imported.stdout.split())
     assert not {"torch", "torchvision", "pytorch_lightning", "deeplake", "tqdm"} & set(
@@ -409,7 +415,8 @@ def test_a_killed_ingests_leftover_is_removed_by_the_next_success(tiny_raw_dir: 
     destination succeeds. A partial whose writer still runs, or that another machine writes, stays."""
     dest = tmp_path / "lake"
     kill = (
-        "import os, signal, deeplake; from pathlib import Path; from fashion_lake.ingest import _partial; "
+        "import os, signal, deeplake; from pathlib import Path; "
+        "from fashion_lake.ingest.write import _partial; "
         f"deeplake.create(_partial(Path({str(dest)!r}))).commit(); os.kill(os.getpid(), signal.SIGKILL)"
     )
     killed = subprocess.run([sys.executable, "-c", kill], capture_output=True)

@@ -13,10 +13,10 @@ import pytest
 from conftest import global_batches
 
 from fashion_lake import DeepLakeDataModule
-from fashion_lake.loader import LakeLoader
-from fashion_lake.order import DistContext
-from fashion_lake.reader import LakeDataset
-from fashion_lake.units import LocalLog, chunk_units
+from fashion_lake.data.loader import LakeLoader
+from fashion_lake.data.order import DistContext
+from fashion_lake.data.reader import LakeDataset
+from fashion_lake.data.units import LocalLog, chunk_units
 
 COMMITS = [40, 43, 40, 40, 40]  # rows per commit: each commit closes a storage chunk
 ROWS, EPOCH, GLOBAL = sum(COMMITS), 2, 16

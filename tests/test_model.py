@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fashion_lake import FashionMnistModule, model
+from fashion_lake.data.augment import BatchTransform, rotate
 from fashion_lake.model import ModelError, build_model
-from fashion_lake.transforms import BatchTransform, rotate
 
 
 def test_build_model_is_a_one_channel_resnet18() -> None:
@@ -70,14 +70,14 @@ def test_rotate_turns_counter_clockwise_like_torchvision() -> None:
     assert (ours != theirs).float().mean() < 0.03  # nearest-neighbour rounding at the edges only
 
 
-def test_readme_config_reference_is_current() -> None:
+def test_the_config_reference_is_current() -> None:
     from pathlib import Path
 
-    from fashion_lake.reference import BEGIN, END, config_reference
+    from fashion_lake.tools.reference import BEGIN, END, config_reference
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
-    assert block == config_reference(), "run: python -m fashion_lake.reference --write README.md"
+    page = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    block = page[page.index(BEGIN) + len(BEGIN) : page.index(END)].strip()
+    assert block == config_reference(), "run: python -m fashion_lake.tools.reference --write docs/config.md"
 
 
 def _stem_output(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fashion_lake.order import DistContext, TrainOrder, chunks, eval_shares, per_device_batch
+from fashion_lake.data.order import DistContext, TrainOrder, chunks, eval_shares, per_device_batch
 
 
 def _units(sizes: list[int]) -> np.ndarray:

@@ -15,12 +15,12 @@ from torchvision.transforms import functional as TF
 
 from fashion_lake import DeepLakeDataModule, FashionMnistModule
 from fashion_lake.cli import cli_main
-from fashion_lake.crops import EVAL_CROP, Crops
-from fashion_lake.data import IMAGENET_STATS
+from fashion_lake.data.crops import EVAL_CROP, Crops
+from fashion_lake.data.loader import LakeLoader
+from fashion_lake.data.module import IMAGENET_STATS
+from fashion_lake.data.order import DistContext
 from fashion_lake.errors import ConfigError, DatasetError
-from fashion_lake.loader import LakeLoader
-from fashion_lake.order import DistContext
-from fashion_lake.units import memory_limit
+from fashion_lake.host import memory_limit
 
 SIZES = [(120, 160), (192, 144), (256, 200), (84, 108), (160, 160)]  # (H, W)
 CLASSES = ["beach", "forest", "city"]

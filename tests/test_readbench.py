@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fashion_lake.readbench import BUCKET, CountingProxy, main, moto_server, s3_client
+from fashion_lake.tools.readbench import BUCKET, CountingProxy, main, moto_server, s3_client
 
 
 def test_the_proxy_counts_get_response_bodies() -> None:

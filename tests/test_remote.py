@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from faults import FaultyProxy
 
-from fashion_lake.ingest import fashion_mnist
+from fashion_lake.ingest.write import fashion_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_ROWS, VAL_ROWS = 120, 50

@@ -110,7 +110,7 @@ def test_resume_two_processes_on_one(
 
 
 def test_checkpoint_pins_the_data_version(tiny_raw_dir: Path, tmp_path: Path, run_config: Path) -> None:
-    from fashion_lake.ingest import fashion_mnist
+    from fashion_lake.ingest.write import fashion_mnist
 
     lakes = {split: str(tmp_path / split) for split in ("train", "test")}
     for split, url in lakes.items():

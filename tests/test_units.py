@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashion_lake.units import byte_units, memory_limit
+from fashion_lake.data.units import byte_units
+from fashion_lake.host import memory_limit
 
 
 def test_byte_units_cover_the_rows_in_runs_of_the_unit_size() -> None:

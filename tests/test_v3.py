@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_lake import DeepLakeDataModule, ingest
+from fashion_lake import DeepLakeDataModule
 from fashion_lake.cli import cli_main, main
 from fashion_lake.errors import DatasetError
-from fashion_lake.ingest import FASHION_MNIST_CLASSES, convert, fashion_mnist, read_idx
+from fashion_lake.ingest import write as ingest
+from fashion_lake.ingest.write import FASHION_MNIST_CLASSES, convert, fashion_mnist, read_idx
 from fashion_lake.lake import lake_format, open_lake
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

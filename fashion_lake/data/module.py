@@ -1,5 +1,10 @@
 """``DeepLakeDataModule``: Deep Lake datasets in, sharded train/val/test/predict loaders out.
 
+A thin Lightning adapter: the hooks, the checkpointed state and the config (its constructor is
+the ``data`` section of the YAML) over plain objects tested without Lightning: ``Catalog``
+(the datasets by split), ``plan`` (workers, memory budget, shuffle groups), ``LakeLoader`` and
+``LakeDataset`` (the batches), ``BatchTransform`` (whole-batch augmentation).
+
 The module owns distribution (see ``order.py``): it takes rank and world size from the
 Trainer, or from ``dm.dist`` when set by hand, so the Trainer runs with
 ``use_distributed_sampler=False``. Batches leave the loader as uint8 and become augmented float
@@ -9,45 +14,35 @@ model normalises them (``data.normalize`` is linked to ``model.normalize``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import multiprocessing
-import os
 from collections.abc import Callable
-from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, SequentialSampler
 
-from fashion_lake.crops import Crops
-from fashion_lake.decode import DEVICE_CODECS
-from fashion_lake.errors import ConfigError, DatasetError, IngestError
-from fashion_lake.files import ImageFiles, collate, image_files
-from fashion_lake.handoff import ring_slots
-from fashion_lake.lake import (
-    V3_NOTICE,
-    Creds,
-    LakeInfo,
-    LakeSource,
-    check_secrets,
-    inspect_lake,
-    is_local,
-    is_v3,
-    lake_format,
-    local_path,
-    storage_args,
-    storage_errors,
+from fashion_lake.data.augment import IMAGENET_STATS, BatchTransform, ColumnTransform, per_channel
+from fashion_lake.data.catalog import Catalog
+from fashion_lake.data.crops import Crops
+from fashion_lake.data.decode import DEVICE_CODECS
+from fashion_lake.data.files import ImageFiles, collate, image_files
+from fashion_lake.data.info import LakeInfo
+from fashion_lake.data.loader import LakeLoader
+from fashion_lake.data.order import DistContext, EvalBatches, OrderSpec, per_device_batch
+from fashion_lake.data.plan import (
+    budget_for,
+    forked,
+    group_units_for,
+    live_path,
+    parse_bytes,
+    tasks_for,
+    workers_for,
 )
-from fashion_lake.loader import LakeLoader
-from fashion_lake.order import DistContext, EvalBatches, OrderSpec, TrainOrder, per_device_batch
-from fashion_lake.reader import LakeDataset
-from fashion_lake.transforms import IMAGENET_STATS, BatchTransform, ColumnTransform, per_channel
-from fashion_lake.units import UNIT_BYTES, byte_units, chunk_units, log_files, memory_limit
+from fashion_lake.data.reader import LakeDataset
+from fashion_lake.errors import ConfigError, DatasetError
+from fashion_lake.lake import Creds, check_secrets
 
 ColumnTransforms = dict[str, Callable[[Any], Any]]
 Stats = float | list[float]
@@ -55,24 +50,12 @@ Stats = float | list[float]
 STAGE_SPLITS = {
     "train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"
 }  # fmt: skip
-# the most rows, decoded bytes and batches one worker task serves
-GROUP_ROWS, GROUP_BYTES, GROUP_BATCHES = 2048, 4 << 20, 8
 PARTITIONS = 8  # canonical partitions by default (see the constructor)
 
 
 def _passthrough(batch: dict) -> dict:
-    """``LakeDataset.__getitems__`` already returns a collated batch."""
+    """``LakeDataset`` already yields collated parts; the loader joins them."""
     return batch
-
-
-def forked() -> bool:
-    """Whether DataLoader workers start by fork here (the Linux default before Python 3.14)."""
-    return multiprocessing.get_start_method() == "fork"
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # option -> (lowest, highest, what it means): the ranges every data option must keep
@@ -86,27 +69,6 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "partitions": (1, None, "canonical partitions of each epoch; the world size must divide it"),
     "memory_budget": (1, None, "bytes a rank's loader may hold"),
 }
-# byte-size suffixes accepted by data.memory_budget
-SIZES = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "b": 1}
-
-
-def parse_bytes(value: int | str | None) -> int | None:
-    """``2GiB``, ``512MB``, ``1e9`` or a plain number of bytes; None stays None."""
-    if value is None or isinstance(value, int):
-        return value
-    text = str(value).strip().lower().replace(" ", "")
-    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(number) :] or "b"
-    try:
-        if unit not in SIZES:
-            raise ValueError
-        return int(float(number) * SIZES[unit])
-    except ValueError:
-        raise ConfigError(
-            f"data.memory_budget must be a number of bytes or a size such as 2GiB or 512MB, not {value!r}."
-        ) from None
-
-
 def _check_ranges(**values: float | None) -> None:
     """Refuse a value outside its range, naming the option, its range and what it means."""
     for name, value in values.items():
@@ -118,10 +80,6 @@ def _check_ranges(**values: float | None) -> None:
         if value < low or (high is not None and value > high):
             allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
             raise ConfigError(f"data.{name} must be {allowed} ({meaning}), not {value}.")
-
-
-def _default_raw_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_lake" / "fashion-mnist"
 
 
 class DeepLakeDataModule(pl.LightningDataModule):
@@ -138,7 +96,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             centre crop) or else to the size the checkpoint was trained on.
         raw_dir: Folder with the Fashion-MNIST IDX files, used to build a missing local lake
             (default: ``$FASHION_LAKE_RAW_DIR``).
-        download: Download the IDX files (torchvision's mirrors) to build a missing local lake
+        download: Download the IDX files (the release's mirror) to build a missing local lake
             when no ``raw_dir`` is given.
         batch_size: Rows per step on each device.
         global_batch_size: Rows per step over all devices; overrides ``batch_size`` and keeps
@@ -257,7 +215,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             partitions=partitions,
             memory_budget=parse_bytes(memory_budget),
         )
-        self.urls = {
+        urls = {
             "train": train_url,
             "val": val_url,
             "test": test_url or val_url,
@@ -266,12 +224,9 @@ class DeepLakeDataModule(pl.LightningDataModule):
         # predict_url naming image files (a folder or one file): read in place (files.py), not a lake
         self.predict_files = image_files(predict_url)
         if self.predict_files is not None:
-            self.urls["predict"] = self.urls["test"]  # the lake checked for classes in its stead
-        self.raw_dir, self.download = raw_dir, download
+            urls["predict"] = urls["test"]  # the lake checked for classes in its stead
         self.batch_size, self.global_batch_size = batch_size, global_batch_size
         self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
-        self.image_column, self.label_column = image_column, label_column
-        self.user_class_names = class_names
         self.transforms = {"train": train_transform, "eval": eval_transform}
         self.normalize = IMAGENET_STATS if normalize == "imagenet" else tuple(normalize)
         if not bool((per_channel(self.normalize[1]) > 0).all()):
@@ -288,13 +243,10 @@ class DeepLakeDataModule(pl.LightningDataModule):
         except (ValueError, TypeError) as e:
             raise ConfigError(f"data.image_size / data.crop_scale: {e}.") from None
         self.partitions, self.memory_budget = partitions, parse_bytes(memory_budget)
-        self.train_query, self.val_query = train_query, val_query
-        self.use_latest_version = use_latest_version
         if decode not in ("auto", "host", "device"):
             raise ConfigError(f"data.decode must be auto, host or device, not {decode!r}.")
         self.decode = decode
         self.skip_corrupt = skip_corrupt
-        self.pinned: dict[str, str] = {}  # url -> Deep Lake version, from a checkpoint
         if (image_size is not None or channels is not None) and (
             train_transform is not None or eval_transform is not None
         ):
@@ -315,27 +267,31 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 "data.train_transform or put the augmentation in it."
             )
         check_secrets(creds, token)
-        self.creds, self.token = creds, token
-        self.dist_override: DistContext | None = None
+        queries = {"train": train_query, "val": val_query, "test": val_query, "predict": val_query}
+        self.catalog = Catalog(
+            urls, image_column=image_column, label_column=label_column, class_names=class_names,
+            queries=queries, use_latest_version=use_latest_version, raw_dir=raw_dir, download=download,
+            creds=creds, token=token, say=rank_zero_info,
+        )  # fmt: skip
+        self._injected_dist: DistContext | None = None  # dm.dist = ..., in tests and tools
         self.datasets: dict[str, LakeDataset] = {}
         self._train_loader: LakeLoader | None = None
         self._train_position: dict | None = None  # from a checkpoint, for the next train loader
-        self._infos: dict[tuple[str, str | None, str | None], LakeInfo] = {}
         self.unit_kinds: dict[str, str] = {}  # split -> where its read units come from
 
     # ------------------------------------------------------------------ distribution
     @property
     def dist(self) -> DistContext:
         """Rank and world size: injected, else the Trainer's, else a single process."""
-        if self.dist_override is not None:
-            return self.dist_override
+        if self._injected_dist is not None:
+            return self._injected_dist
         if self.trainer is not None:
             return DistContext(self.trainer.global_rank, self.trainer.world_size)
         return DistContext()
 
     @dist.setter
     def dist(self, value: DistContext) -> None:
-        self.dist_override = value
+        self._injected_dist = value
 
     @property
     def num_partitions(self) -> int:
@@ -353,59 +309,18 @@ class DeepLakeDataModule(pl.LightningDataModule):
             raise ConfigError(str(e)) from e
 
     # ------------------------------------------------------------------ what the model links to
-    def _source(self, split: str) -> LakeSource:
-        query = self.train_query if split == "train" else self.val_query
-        url = self.urls[split]
-        version = None if self.use_latest_version else self.pinned.get(url)
-        return LakeSource(url, self.creds, self.token, query, version)
-
-    def _buildable(self, split: str) -> bool:
-        url = self.urls[split]
-        return is_local(url) and lake_format(url, self.creds, self.token) is None
+    @property
+    def urls(self) -> dict[str, str]:
+        return self.catalog.urls
 
     def info(self, split: str) -> LakeInfo:
-        """Checked facts about one split's dataset (opened once, then cached)."""
-        source = self._source(split)
-        key = (source.url, source.query, source.version)
-        if key not in self._infos:
-            hint = "Check that the storage is reachable and the credentials are valid."
-            with storage_errors(f"reading {source.url!r}", hint):  # labels, the first image, row ids
-                base = source.open_base()  # opened once: the view and row ids derive from it
-                if is_v3(base):
-                    rank_zero_info(V3_NOTICE.format(url=source.url))
-                reference = self._reference_split
-                expected = None
-                if reference is not None and self.urls[reference] != source.url:
-                    expected = self.info(reference).class_names
-                info = inspect_lake(
-                    source.select(base),
-                    source.url,
-                    self.image_column,
-                    self.label_column,
-                    self.user_class_names,
-                    base,
-                    expected,
-                )
-                self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
-        return self._infos[key]
-
-    @cached_property
-    def _reference_split(self) -> str | None:
-        """The split whose dataset defines the classes: train if it exists, else val; None if unbuilt."""
-        return next((split for split in ("train", "val") if not self._buildable(split)), None)
-
-    @property
-    def _reference(self) -> LakeInfo | None:
-        return None if self._reference_split is None else self.info(self._reference_split)
+        """Checked facts about one split's dataset (``Catalog.info``)."""
+        return self.catalog.info(split)
 
     @property
     def class_names(self) -> list[str]:
         """Class names from the dataset's ClassLabel metadata (linked to the model)."""
-        if self._reference is None:  # to be built from Fashion-MNIST by prepare_data
-            from fashion_lake.ingest import FASHION_MNIST_CLASSES
-
-            return list(self.user_class_names or FASHION_MNIST_CLASSES)
-        return self._reference.class_names
+        return self.catalog.class_names
 
     @property
     def num_classes(self) -> int:
@@ -416,63 +331,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
         """Image channels the model sees (linked to its input channels)."""
         if self.channels is not None:
             return self.channels
-        return 1 if self._reference is None else self._reference.sample_shape[-1]
+        reference = self.catalog.reference
+        return 1 if reference is None else reference.sample_shape[-1]
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Build missing local Fashion-MNIST lakes from the IDX files (once per node).
-
-        Only on a fresh start, where neither the training nor the validation dataset exists:
-        a missing dataset beside existing ones is more likely a mistyped URL than a wish for
-        a new Fashion-MNIST copy there, so it is refused, naming the URL.
-        """
-        from fashion_lake.ingest import download_fashion_mnist, fashion_mnist
-
-        missing: dict[str, str] = {}  # url -> its first split; test and predict default to val's URL
-        for split, url in self.urls.items():
-            if url in missing or lake_format(url, self.creds, self.token) is not None:
-                continue
-            if is_local(url) and local_path(url).exists():
-                raise DatasetError(
-                    f"{url!r} (data.{split}_url) exists but is not a Deep Lake dataset (4.x, or 3.x read "
-                    "through a query); point the URL at a dataset."
-                )
-            if not is_local(url):
-                raise DatasetError(
-                    f"no Deep Lake dataset at {url!r} (data.{split}_url). Check the URL and credentials, "
-                    f"or create it with `python -m fashion_lake.ingest fashion_mnist {url} --raw_dir DIR`."
-                )
-            missing.setdefault(url, split)
-        if not missing:
-            return
-        if self.urls["train"] not in missing or self.urls["val"] not in missing:
-            url, split = next(iter(missing.items()))
-            fm_split = "train" if split == "train" else "test"
-            raise DatasetError(
-                f"no Deep Lake dataset at {url!r} (data.{split}_url); check the URL. Fashion-MNIST is built "
-                "only when neither the training nor the validation dataset exists; to build this one, run "
-                f"`python -m fashion_lake.ingest fashion_mnist {url} --split {fm_split} --raw_dir DIR`."
-            )
-        where = " and ".join(map(repr, missing))
-        raw_dir = self.raw_dir or os.environ.get("FASHION_LAKE_RAW_DIR")
-        if raw_dir is None:
-            if not self.download:
-                raise DatasetError(
-                    f"no Deep Lake dataset at {where}. Check the URLs, or build Fashion-MNIST there from "
-                    "its IDX files with --data.raw_dir DIR (or FASHION_LAKE_RAW_DIR), or with "
-                    "--data.download true."
-                )
-            try:
-                raw_dir = str(download_fashion_mnist(_default_raw_cache()))
-            except IngestError as e:
-                raise DatasetError(
-                    f"no Deep Lake dataset at {where}, and building Fashion-MNIST failed: {e}"
-                ) from e
-        for url, split in missing.items():
-            fm_split = "train" if split == "train" else "test"
-            rank_zero_info(f"Building Fashion-MNIST {fm_split} split at {url} from {raw_dir}")
-            fashion_mnist(dest=url, raw_dir=raw_dir, split=fm_split)
-        self.__dict__.pop("_reference_split", None)
+        """Build missing local Fashion-MNIST lakes from the IDX files, once per node, on a fresh
+        start only (``Catalog.build_missing``): a missing dataset beside existing ones is refused."""
+        self.catalog.build_missing()
 
     def setup(self, stage: str) -> None:
         connector = getattr(self.trainer, "_accelerator_connector", None)
@@ -495,14 +361,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self._check_normalize()
             transforms = self.transforms["train" if split == "train" else "eval"]
             on_device = transforms is None and self._decode_on_device(split, info)
-            units, self.unit_kinds[split] = self._units(split, info)
+            units, self.unit_kinds[split] = self.catalog.units(split)
             self.datasets[split] = LakeDataset(
-                self._source(split),
+                self.catalog.source(split),
                 info,
                 units,
-                self.image_column,
-                self.label_column,
-                ColumnTransform(transforms, (self.image_column, self.label_column))
+                self.catalog.image_column,
+                self.catalog.label_column,
+                ColumnTransform(transforms, (self.catalog.image_column, self.catalog.label_column))
                 if transforms is not None
                 else None,
                 skip_corrupt=self.skip_corrupt,
@@ -511,18 +377,6 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 channels=self.num_channels,
                 train=split == "train",
             )
-
-    def _units(self, split: str, info: LakeInfo) -> tuple[np.ndarray, str]:
-        """The split's read units: the image column's storage chunks where its log says (local
-        datasets), else runs of rows of Deep Lake's chunk size; and which of the two."""
-        source = self._source(split)
-        creds = storage_args(self.creds)["creds"]
-        log = None if info.row_ids is not None else log_files(source.url, creds)
-        if log is not None:
-            found = chunk_units(log, self.image_column, source.version)
-            if found is not None and int(found[-1]) == info.rows:
-                return found, "Deep Lake chunks"
-        return byte_units(info.rows, info.row_bytes), f"~{UNIT_BYTES / 1e6:.0f} MB runs of rows"
 
     def _check_normalize(self) -> None:
         channels = self.num_channels
@@ -558,53 +412,13 @@ class DeepLakeDataModule(pl.LightningDataModule):
             return True
         return info.codec in DEVICE_CODECS and self.device.type == "cuda"
 
-    def _workers(self, dataset: LakeDataset) -> int:
-        """``num_workers``, or when unset: 0 for raw pixels, else the cores each device has (<= 8)."""
-        if self.num_workers is not None:
-            return self.num_workers
-        if dataset.info.codec is None and dataset.sample_transform is None and dataset.crops is None:
-            return 0
-        devices = self.trainer.num_devices if self.trainer is not None else 1
-        return max(1, min(8, available_cores() // max(1, devices)))
+    @property
+    def _devices(self) -> int:
+        return self.trainer.num_devices if self.trainer is not None else 1
 
     def budget(self) -> int:
         """Bytes one rank's training loader may hold (``memory_budget``, or its default)."""
-        if self.memory_budget is not None:
-            return self.memory_budget
-        devices = self.trainer.num_devices if self.trainer is not None else 1
-        return memory_limit() // (4 * max(1, devices))
-
-    def _group_units(self, dataset: LakeDataset, in_flight: int) -> int:
-        """Units per shuffle group: as many as the budget holds (two groups per partition, this
-        one and the next, read ahead), after the ``in_flight`` bytes of batches, up to 16.
-        Counted for all partitions, so it does not depend on the world size."""
-        budget, unit = self.budget(), max(1.0, dataset.unit_bytes())
-        fits = int((budget - in_flight) // (2 * self.num_partitions * unit))
-        if fits < 1:
-            need = in_flight + 2 * self.num_partitions * unit
-            raise ConfigError(
-                f"data.memory_budget of {budget / 2**20:.0f} MiB cannot hold one batch: a training rank "
-                f"needs ~{need / 2**20:.0f} MiB ({2 * self.num_partitions} read units of ~{unit / 2**20:.1f} "
-                f"MiB and {in_flight / 2**20:.0f} MiB of batches in flight); raise --data.memory_budget, or "
-                "lower --data.batch_size, --data.num_workers or --data.partitions."
-            )
-        return min(16, fits)
-
-    def _tasks(self, dataset: LakeDataset, workers: int, batch_bytes: int) -> tuple[int, int | None]:
-        """(steps per worker item, items in flight per worker).
-
-        Each item a worker hands over costs the loader a fixed ~0.4 ms, as much as decoding 70
-        28x28 jpeg rows, so a worker's item holds its parts of up to 8 steps, 2,048 rows and 4 MB;
-        up to 8 steps are in flight per worker, but no more than ~64 MB of decoded images.
-        """
-        if not workers:
-            return 1, None
-        batch_bytes = max(1, batch_bytes)
-        group = 1
-        if dataset.sample_transform is None and not dataset.decode_on_device:
-            rows_fit, bytes_fit = GROUP_ROWS // self.per_device_batch_size, GROUP_BYTES // batch_bytes
-            group = max(1, min(GROUP_BATCHES, rows_fit, bytes_fit))
-        return group, max(2, min(math.ceil(8 / group), (64 << 20) // (group * batch_bytes)))
+        return budget_for(self.memory_budget, self._devices)
 
     def _files_loader(self) -> DataLoader:
         """Batches of the image files ``predict_url`` names, at the size the model was trained on."""
@@ -624,20 +438,22 @@ class DeepLakeDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         train = split == "train"
         batch = self.per_device_batch_size
-        workers = self._workers(dataset)
+        workers = workers_for(dataset, self.num_workers, self._devices)
         batch_bytes = batch * math.prod(dataset.sample_shape)
-        group, prefetch = self._tasks(dataset, workers, batch_bytes)
-        in_flight = workers * ring_slots(prefetch) * group * batch_bytes if prefetch else 0
+        tasks = tasks_for(dataset, workers, batch, batch_bytes)
+        in_flight = tasks.in_flight(workers, batch_bytes)
         order = None
         if train:
-            order = self._train_order(dataset, self._group_units(dataset, in_flight))
+            group_units = group_units_for(self.budget(), dataset.unit_bytes(), self.num_partitions, in_flight)
+            order = self._train_order(dataset, group_units)
             if order.at(0).steps == 0:
                 raise DatasetError(
                     f"{self.urls['train']!r} has {len(dataset)} training rows, fewer than one global "
                     f"batch of {batch * self.dist.world_size}; lower --data.batch_size or set "
                     "--data.drop_last false."
                 )
-            self._say_path(dataset, workers, order.at(0))
+            rank_zero_info(live_path(self.urls["train"], dataset, workers, self.unit_kinds["train"],
+                                     order.partitions, group_units, self.budget()))  # fmt: skip
         loader = LakeLoader(
             dataset,
             batch_size=batch,
@@ -645,14 +461,14 @@ class DeepLakeDataModule(pl.LightningDataModule):
             order=order,
             # Lightning's overfit_batches promises the same batches every epoch; our shuffle is ours to fix
             frozen=train and self.trainer is not None and bool(self.trainer.overfit_batches),
-            group=group,
+            group=tasks.group,
             adopt=("group_units",) if self.partitions is not None else ("group_units", "partitions"),
             num_workers=workers,
             collate_fn=_passthrough,
             pin_memory=self.device.type == "cuda",
             # forked training workers find each epoch's plan in shared memory; others fork each epoch
             persistent_workers=workers > 0 and (split == "val" or (train and forked())),
-            prefetch_factor=prefetch,
+            prefetch_factor=tasks.prefetch,
         )
         if train:
             self._train_loader = loader
@@ -674,25 +490,6 @@ class DeepLakeDataModule(pl.LightningDataModule):
         return OrderSpec(dataset.units, self.per_device_batch_size * world, seed=self.seed,
                          partitions=partitions, group_units=group_units, drop_last=self.drop_last,
                          world_size=world)  # fmt: skip
-
-    def _say_path(self, dataset: LakeDataset, workers: int, order: TrainOrder) -> None:
-        """One line naming the data path that is live: nothing falls back silently."""
-        info = dataset.info
-        if dataset.sample_transform is not None:
-            reading = "rows one at a time through ds.pytorch and the per-sample transform"
-        elif info.codec is None:
-            reading = "raw pixels"
-        else:
-            reading = f"{info.codec} decoded on the {'device' if dataset.decode_on_device else 'host'}"
-        units = len(dataset.units) - 1
-        rank_zero_info(
-            f"Training data: {self.urls['train']!r}, {reading}"
-            f"{', cropped to ' + 'x'.join(map(str, self.crops.size)) if self.crops else ''}; "
-            f"{workers} worker process{'' if workers == 1 else 'es'} per device; {units} read units "
-            f"({self.unit_kinds['train']}, ~{dataset.unit_bytes() / 2**20:.1f} MiB each); {order.partitions} "
-            f"partitions, {order.group_units} units per shuffle group; memory budget "
-            f"{self.budget() / 2**30:.2f} GiB per device."
-        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -744,7 +541,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
         Lightning then never hands it the saved state); when Lightning does apply its copy, the
         two are the same.
         """
-        self.pinned = dict(state_dict.get("versions", {}))
+        self.catalog.pinned = dict(state_dict.get("versions", {}))
         self._train_position = state_dict.get("train_position")
         loader = self._train_loader
         if self._train_position is not None and loader is not None and not loader.started:

@@ -1,6 +1,6 @@
-"""The README's config reference, generated from the two classes' signatures and docstrings.
+"""The config reference (docs/config.md), generated from the two classes' signatures and docstrings.
 
-python -m fashion_lake.reference --write README.md   # refresh the block between the markers
+python -m fashion_lake.tools.reference --write docs/config.md   # refresh the block between the markers
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from docstring_parser import parse
 
-from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.data.module import DeepLakeDataModule
 from fashion_lake.model import FashionMnistModule
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
@@ -46,10 +46,10 @@ def config_reference() -> str:
     return "\n\n".join([_table(DeepLakeDataModule, "data"), _table(FashionMnistModule, "model")])
 
 
-def write(readme: Path) -> None:
-    text = readme.read_text()
+def write(page: Path) -> None:
+    text = page.read_text()
     block = f"{BEGIN}\n{config_reference()}\n{END}"
-    readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    page.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Encoded image bytes -> uint8 pixels, on the host (in DataLoader workers) or on the device.
 
-Deep Lake decodes a compressed image column a whole storage chunk at a time: a slice costs
-~0.1 s whatever its length. Its encoded bytes come out at over a million rows per second.
-So for png/jpeg columns the reader takes the bytes of whole read units and decodes only the
+Deep Lake decodes a compressed image column a whole storage chunk at a time, whatever the
+slice, while its encoded bytes come out cheaply (docs/data-path.md has the figures). So for
+png/jpeg columns the reader takes the bytes of whole read units and decodes only the
 rows of each batch part, here: every row is decoded once per epoch, in the process that reads
 its unit, and worker processes scale the decode over the cores (threads do not: the GIL).
 
-Host decoders, fastest first (28x28 Fashion-MNIST, one core, same pixels): png with pyspng
-(libspng) 96k/s, jpeg with simplejpeg (libjpeg-turbo) 171k/s, against 66k/s and 108k/s for
-torchvision's decode op. torchvision decodes whatever they do not (other formats, a mode they
-cannot convert to) and is the fallback where they are not installed.
+Host decoders, fastest first (the same pixels): png with pyspng (libspng), jpeg with
+simplejpeg (libjpeg-turbo), both faster than torchvision's decode op. torchvision decodes
+whatever they do not (other formats, a mode they cannot convert to) and is the fallback where
+they are not installed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def _torchvision(channels: int) -> Decoder:
 
     The public function wraps the same op with a usage log and a deprecation warning on every
     call (torchvision 0.29 deprecates its decoders for TorchCodec); for small images that
-    wrapper costs a third of the decode. (TorchCodec's ``decode_image`` measured slower still
-    here: 44k/s png, 52k/s jpeg.)
+    wrapper costs a large share of the decode. (TorchCodec's ``decode_image`` is slower still.)
     """
     mode = _MODES.get(channels, ImageReadMode.UNCHANGED)
     op = getattr(getattr(torch.ops, "image", None), "decode_image", None)
@@ -72,6 +71,15 @@ def eight_bit(image: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
+def host_decoder_name(codec: str, channels: int) -> str:
+    """Which library ``host_decoder`` decodes ``codec`` with (for the live-path line)."""
+    if codec == "png" and HAS_PYSPNG and channels in _PIL_MODES:
+        return "pyspng"
+    if codec in DEVICE_CODECS and HAS_SIMPLEJPEG and channels in (1, 3):
+        return "simplejpeg"
+    return "torchvision"
+
+
 def host_decoder(codec: str, channels: int) -> Decoder:
     """The fastest installed decoder of ``codec`` bytes to ``channels`` channels."""
     fallback = _torchvision(channels)
@@ -133,8 +141,8 @@ def decode_into(encoded: Sequence[bytes], codec: str, out: np.ndarray) -> list[i
     """Decode image ``i`` of ``encoded`` into ``out[i]`` (uint8 ``(N, H, W, C)``), and return the
     positions of those that do not decode (their rows of ``out`` are left as they were).
 
-    One array for the batch, filled in place: stacking one array per image cost ~0.45 us a
-    28x28 image, ~8% of a jpeg decode. Raises ``SizeMismatch`` for an image of another size.
+    One array for the batch, filled in place: stacking one array per image would cost a
+    noticeable share of a small jpeg's decode. Raises ``SizeMismatch`` for an image of another size.
     """
     decode = _row_decoder(codec, out.shape[-1])
     bad = []
@@ -189,7 +197,7 @@ def image_channels(data: bytes) -> int:
 
     from PIL import Image
 
-    from fashion_lake.folder import GREY_MODES
+    from fashion_lake.ingest.folder import GREY_MODES
 
     with Image.open(io.BytesIO(bytes(data))) as image:
         mode = image.mode

@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from fashion_lake.crops import Crops
-from fashion_lake.decode import to_channels
+from fashion_lake.data.crops import Crops
+from fashion_lake.data.decode import to_channels
 from fashion_lake.errors import DatasetError
-from fashion_lake.folder import GREY_MODES
+from fashion_lake.ingest.folder import GREY_MODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -1,6 +1,6 @@
 """Data-path benchmark: every loader and storage format over the same rows, side by side, in one run.
 
-    python -m fashion_lake.bench --url lakes/fashion-mnist-train
+    python -m fashion_lake.tools.bench --url lakes/fashion-mnist-train
 
 From the raw lake at ``--url`` (our ingest: uncompressed uint8) the benchmark writes png and
 jpeg copies of the same rows with plain ``deeplake`` (``types.Image(sample_compression=...)``
@@ -22,7 +22,7 @@ The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_n
 ``aug_vs_seed``, ``png_vs_memory`` / ``jpeg_vs_memory`` and ``png_vs_decode`` /
 ``jpeg_vs_decode`` (the data module against the decode-only bound).
 
-    python -m fashion_lake.bench --ingest 1000
+    python -m fashion_lake.tools.bench --ingest 1000
 
 times ``ingest image_folder`` instead, on N and 4N synthetic jpeg photos (random sizes from
 200x150 to 640x480, 10 classes) written to a temporary folder: with its defaults (the files
@@ -57,11 +57,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from fashion_lake.data import DeepLakeDataModule, available_cores
-from fashion_lake.decode import decode_all
+from fashion_lake.data.augment import ColumnTransform, SeedTransform
+from fashion_lake.data.decode import decode_all
+from fashion_lake.data.module import DeepLakeDataModule
 from fashion_lake.errors import ConfigError, IngestError, OneLineErrors, message, run_command
+from fashion_lake.host import available_cores
 from fashion_lake.lake import open_lake
-from fashion_lake.transforms import ColumnTransform, SeedTransform
+from fashion_lake.tools.plain import write_plain_lake
 
 CODECS = ("png", "jpeg")
 
@@ -95,21 +97,6 @@ def _children(pid: int) -> list[int]:
 def _tree(pid: int) -> list[int]:
     """``pid`` and all its descendants."""
     return [pid, *(p for child in _children(pid) for p in _tree(child))]
-
-
-def write_plain_lake(
-    url: str, images: np.ndarray, labels: np.ndarray, compression: str, class_names: list[str]
-) -> None:
-    """Images (N, H, W, C) and labels as a user writes them with plain deeplake."""
-    import deeplake
-
-    ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(sample_compression=compression))
-    ds.add_column("labels", deeplake.types.ClassLabel("uint32"))
-    ds["labels"].metadata["class_names"] = list(class_names)
-    for start in range(0, len(images), 4096):
-        ds.append({"images": images[start : start + 4096], "labels": labels[start : start + 4096]})
-    ds.commit()
 
 
 def time_epochs(
@@ -194,7 +181,7 @@ def decode_bound(
 PHOTO_CLASSES = 10
 # One ingest in a fresh process: prints "ready" once imported, then the seconds image_folder took.
 _INGEST = """import sys, time
-from fashion_lake.ingest import image_folder
+from fashion_lake.ingest.write import image_folder
 print("ready", flush=True)
 start = time.perf_counter()
 image_folder(sys.argv[1], sys.argv[2], image_size=int(sys.argv[3]) or None)
@@ -466,13 +453,13 @@ def main(
 
 
 def cli(args: list[str] | None = None) -> None:
-    """``python -m fashion_lake.bench``: bad input is one line and exit 2, as everywhere."""
+    """``python -m fashion_lake.tools.bench``: bad input is one line and exit 2, as everywhere."""
     from jsonargparse import CLI, ArgumentParser
 
     class Parser(OneLineErrors, ArgumentParser):
-        program = "fashion_lake.bench"
+        program = "fashion_lake.tools.bench"
 
-    prog = "python -m fashion_lake.bench"
+    prog = "python -m fashion_lake.tools.bench"
     run_command(
         prog.split()[-1], lambda: CLI(main, args=args, as_positional=False, parser_class=Parser, prog=prog)
     )

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from fashion_lake.data.handoff import HostBatch, ring_slots
+from fashion_lake.data.order import DistContext, OrderSpec, TrainOrder, eval_shares
+from fashion_lake.data.reader import EvalPlan, LakeDataset, TrainPlan
 from fashion_lake.errors import CheckpointError
-from fashion_lake.handoff import HostBatch, ring_slots
-from fashion_lake.order import DistContext, OrderSpec, TrainOrder, eval_shares
-from fashion_lake.reader import EvalPlan, LakeDataset, TrainPlan
 
 # Lightning warns that an IterableDataset's length may count rows twice over workers; ours counts
 # batches assembled from every worker's part, exactly.

@@ -1,6 +1,6 @@
 """Training speed of a config: samples/s of the whole training step, and the share spent waiting for data.
 
-python -m fashion_lake.speed --config configs/fashion.yaml [--config configs/best.yaml] [--steps 30]
+python -m fashion_lake.tools.speed --config configs/fashion.yaml [--config configs/best.yaml] [--steps 30]
     [--warmup 5] [any other fit option, e.g. --trainer.precision 32-true]
 
 Runs ``fit`` for ``warmup + steps`` training steps with no validation and no checkpoints, then
@@ -71,15 +71,15 @@ def measure(args: list[str], steps: int = 30, warmup: int = 5) -> dict[str, floa
 
 
 class _Parser(OneLineErrors, argparse.ArgumentParser):
-    program = "fashion_lake.speed"
+    program = "fashion_lake.tools.speed"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = _Parser(prog="python -m fashion_lake.speed", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m fashion_lake.tools.speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    result = run_command("fashion_lake.speed", lambda: measure(rest, ours.steps, ours.warmup))
+    result = run_command("fashion_lake.tools.speed", lambda: measure(rest, ours.steps, ours.warmup))
     print(
         f"speed: {result['samples_per_s']:.1f} samples/s ({result['step_ms']:.1f} ms per training step of "
         f"{result['batch']:g} rows, median {result['median_step_ms']:.1f} ms; {result['steps']} steps after "

@@ -5,7 +5,7 @@ torchvision ``ImageFolder`` tree, and a Deep Lake 3 dataset (``convert``, throug
 ``deeplake.convert``, keeping its columns). The first two get an ``images`` column (uint8
 HxWxC, raw or png/jpeg-compressed) and a ``labels`` ClassLabel column whose metadata holds
 ``class_names``. An image folder is streamed file by file through worker processes
-(``fashion_lake.folder``), and files already in the column's format keep their bytes.
+(``fashion_lake.ingest.folder``), and files already in the column's format keep their bytes.
 
 Atomic: a local destination is written beside itself and renamed into place only once
 committed; a remote one carries ``fashion_lake.ingest = "in_progress"`` until the final
@@ -29,6 +29,7 @@ import struct
 import sys
 import tempfile
 import urllib.error
+import urllib.request
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,7 +43,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fashion_lake.errors import IngestError, OneLineErrors, run_command
-from fashion_lake.folder import FORMATS, IMG_EXTENSIONS, Plan, encode_many, list_image_folder, probe_many
+from fashion_lake.host import available_cores
+from fashion_lake.ingest.folder import (
+    FORMATS,
+    IMG_EXTENSIONS,
+    Plan,
+    encode_many,
+    list_image_folder,
+    probe_many,
+)
 from fashion_lake.lake import (
     INGEST_KEY,
     Creds,
@@ -74,6 +83,14 @@ IDX_FILES = {
 }
 # torchvision's own download locations; tests point this at a closed loopback port.
 FASHION_MNIST_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+# the MD5s of the official release's files (as torchvision also checks them)
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+DOWNLOAD_TIMEOUT = 60.0  # seconds without a byte before a mirror counts as unreachable
 IMAGE_COMPRESSIONS = ("null", "png", "jpeg")
 APPEND_ROWS = 4096  # rows per append at most
 APPEND_BYTES = 8 << 20  # and about this many bytes of images
@@ -86,13 +103,6 @@ T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- IDX files
-def _official_md5() -> dict[str, str]:
-    """The checksums torchvision publishes for the official Fashion-MNIST files."""
-    from torchvision.datasets import FashionMNIST
-
-    return dict(FashionMNIST.resources)
-
-
 def _digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
     with path.open("rb") as f:
@@ -116,8 +126,8 @@ def _read_sums(raw_dir: Path) -> dict[str, str]:
 def verify_raw_dir(raw_dir: str | Path, split: str) -> tuple[Path, Path]:
     """Check that ``raw_dir`` holds the split's two IDX files with known checksums.
 
-    A ``SHA256SUMS`` file beside them (as published with a mirror) takes precedence over
-    torchvision's MD5 list of the official files.
+    A ``SHA256SUMS`` file beside them (as published with a mirror) takes precedence over the
+    MD5s of the official files.
     """
     raw = Path(raw_dir).expanduser()
     if not raw.is_dir():
@@ -125,7 +135,7 @@ def verify_raw_dir(raw_dir: str | Path, split: str) -> tuple[Path, Path]:
             f"raw_dir {str(raw)!r} is not a directory. Pass the folder holding the four "
             "Fashion-MNIST IDX .gz files (e.g. --data.raw_dir ../shared/fashion-mnist)."
         )
-    sha256, md5 = _read_sums(raw), _official_md5()
+    sha256, md5 = _read_sums(raw), FASHION_MNIST_MD5
     paths = []
     for name in IDX_FILES[split]:
         path = raw / name
@@ -186,20 +196,19 @@ def load_fashion_mnist(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.
 
 
 def download_fashion_mnist(raw_dir: str | Path) -> Path:
-    """Fetch the four IDX files from torchvision's mirrors into ``raw_dir`` (online users)."""
-    from torchvision.datasets.utils import download_url
-
+    """Fetch the four IDX files from the mirrors into ``raw_dir`` (online users), checking each
+    file's MD5 before it takes its final name."""
     raw = Path(raw_dir).expanduser()
     raw.mkdir(parents=True, exist_ok=True)
-    for name, md5 in _official_md5().items():
+    for name, md5 in FASHION_MNIST_MD5.items():
         if (raw / name).is_file():
             continue
         errors = []
         for mirror in FASHION_MNIST_MIRRORS:
             try:
-                download_url(mirror + name, str(raw), filename=name, md5=md5)
+                _download(mirror + name, raw / name, md5)
                 break
-            except (urllib.error.URLError, OSError, RuntimeError) as e:
+            except (urllib.error.URLError, OSError, ValueError) as e:
                 errors.append(f"{mirror}: {e}")
         else:
             raise IngestError(
@@ -208,6 +217,19 @@ def download_fashion_mnist(raw_dir: str | Path) -> Path:
                 "with the four Fashion-MNIST IDX .gz files."
             )
     return raw
+
+
+def _download(url: str, dest: Path, md5: str) -> None:
+    """``url`` to ``dest`` through a temporary file beside it; a wrong checksum leaves nothing."""
+    partial = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out)
+        if (actual := _digest(partial, "md5")) != md5:
+            raise ValueError(f"md5 {actual}, expected {md5}")
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _slices(n: int) -> Iterator[slice]:
@@ -245,9 +267,9 @@ def write_lake(
     """Append ``batches`` to a new dataset at ``dest`` atomically and return the committed version.
 
     ``batches`` may be a stream: nothing is held beyond the batch being appended, and a commit
-    every ``COMMIT_BYTES`` keeps memory flat (Deep Lake 4.7's commit takes anonymous memory of
-    about half the bytes appended since the previous commit, ~180 MB for 344 MB of jpegs; a
-    commit costs ~3 ms). ``source()`` is the provenance record, asked for once every batch is
+    every ``COMMIT_BYTES`` keeps memory flat (Deep Lake's commit takes anonymous memory in
+    proportion to the bytes appended since the previous commit, and a commit is cheap; see
+    docs/ingest.md). ``source()`` is the provenance record, asked for once every batch is
     written (a stream's counts are known only then); ``total`` is the progress bar's length.
     """
     import deeplake
@@ -397,11 +419,6 @@ def _replace(work_url: str, final: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- image folder
-def _available_cores() -> int:
-    """CPU cores this process may run on (``data.available_cores``, which imports Lightning)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _check_image_size(image_size: int | Sequence[int] | None) -> int | tuple[int, int] | None:
     def positive(n: object) -> bool:
         return isinstance(n, int) and not isinstance(n, bool) and n > 0
@@ -614,7 +631,7 @@ def image_folder(
     if compression not in ("auto", *IMAGE_COMPRESSIONS):
         raise IngestError(f"compression must be auto or one of {IMAGE_COMPRESSIONS}, not {compression!r}.")
     size = _check_image_size(image_size)
-    workers = _available_cores() if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise IngestError(f"workers must be 0 (this process) or more, not {workers!r}.")
     files, classes, ignored = list_image_folder(root)
@@ -733,7 +750,3 @@ def main(args: list[str] | None = None) -> None:
     prog = "python -m fashion_lake.ingest"
     version = run_command(prog.split()[-1], lambda: CLI(commands, args=args, parser_class=Parser, prog=prog))
     print(f"committed version {version}")
-
-
-if __name__ == "__main__":
-    main()

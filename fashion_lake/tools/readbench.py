@@ -1,7 +1,7 @@
 """Scale benchmark: bytes an epoch reads from S3 per world size and worker count, the memory of a
 photo epoch under a cap, time to the first batch, and the epoch order's memory and shuffle.
 
-    python -m fashion_lake.readbench --grid 1x0,1x2,2x2,4x1,8x1 [--photos N] [--latency_ms MS]
+    python -m fashion_lake.tools.readbench --grid 1x0,1x2,2x2,4x1,8x1 [--photos N] [--latency_ms MS]
         [--photo_gb 1.6 --cap 1.5GiB] [--rows N]
 
 A ``moto_server`` on loopback plays S3, behind a byte-counting reverse proxy (``CountingProxy``,
@@ -69,7 +69,7 @@ COLUMNS = (
 )
 DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
 # One rank in a fresh process; protocol lines go to the real stdout, everything else to stderr.
-_RANK = "import sys; from fashion_lake.readbench import run_rank; run_rank(sys.argv[1])"
+_RANK = "import sys; from fashion_lake.tools.readbench import run_rank; run_rank(sys.argv[1])"
 
 
 class CountingProxy(ThreadingHTTPServer):
@@ -203,7 +203,7 @@ def write_lake(url: str, creds: dict[str, str], kind: str, images: np.ndarray, l
     """A lake as a user writes one with plain deeplake: one append, one commit."""
     import deeplake
 
-    from fashion_lake.ingest import FASHION_MNIST_CLASSES
+    from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
     from fashion_lake.lake import storage_args
 
     ds = deeplake.create(url, **storage_args(creds))
@@ -223,7 +223,7 @@ def run_rank(spec_json: str) -> None:
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to stderr
     spec = json.loads(spec_json)
-    from fashion_lake.data import DeepLakeDataModule, DistContext
+    from fashion_lake.data.module import DeepLakeDataModule, DistContext
 
     dm = DeepLakeDataModule(train_url=spec["url"], val_url=spec["url"], **spec["options"])
     dm.dist = DistContext(spec["rank"], spec["world"])
@@ -327,7 +327,7 @@ def measure(
 ) -> Run:
     """One epoch over ``lake`` by ``world`` fresh rank processes with ``workers`` loader workers each."""
     path = os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
     )
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": path}
     options = {"num_workers": workers, "creds": creds_for(proxy.url), "global_batch_size": args.global_batch}
@@ -374,7 +374,7 @@ def measure(
 _EPOCH = """
 import json, sys, time
 import numpy as np
-from fashion_lake.data import DeepLakeDataModule
+from fashion_lake.data.module import DeepLakeDataModule
 url, out = sys.argv[1], sys.argv[2]
 dm = DeepLakeDataModule(train_url=url, val_url=url, image_size=64, drop_last=False)
 started, first, seen = time.perf_counter(), None, []
@@ -418,7 +418,7 @@ def write_photo_lake(url: str, gigabytes: float, row_kb: float = 41.0, distinct:
 def memory_cgroup(limit: int) -> Path | None:
     """A new memory cgroup (v1 or v2) limited to ``limit`` bytes, under this process's own; None
     where this process may not make one."""
-    from fashion_lake.units import _cgroup_limit_files
+    from fashion_lake.data.units import _cgroup_limit_files
 
     for limit_file in _cgroup_limit_files(Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")):
         group = limit_file.parent / f"fashion-lake-bench-{os.getpid()}"
@@ -436,7 +436,7 @@ def photo_epoch(gigabytes: float, cap: int, work: Path) -> str:
     """One epoch of a photo lake (the data module's defaults, ``image_size`` 64) in a fresh process
     under a ``cap``-byte memory cgroup: peak memory of its process tree (PSS: pages shared by the
     forked workers counted once), OOM kills, every row once."""
-    from fashion_lake.bench import _tree, rollup_bytes
+    from fashion_lake.tools.bench import _tree, rollup_bytes
 
     url, started = str(work / "photos"), time.perf_counter()
     rows = write_photo_lake(url, gigabytes)
@@ -501,7 +501,7 @@ def order_memory(rows: int = 100_000_000, unit_rows: int = 8_000, global_batch: 
     """Peak memory (tracemalloc) and time of the epoch order over ``rows`` rows, for 4 batches."""
     import tracemalloc
 
-    from fashion_lake.order import TrainOrder
+    from fashion_lake.data.order import TrainOrder
 
     units = np.append(np.arange(0, rows, unit_rows, dtype=np.int64), rows)
     tracemalloc.start()
@@ -537,7 +537,7 @@ def shuffle_quality(
 ) -> str:
     """On a class-sorted layout (an ImageFolder ingest): mean label entropy of a global batch
     relative to a uniform shuffle's, and read units per batch, for the old and the new order."""
-    from fashion_lake.order import TrainOrder
+    from fashion_lake.data.order import TrainOrder
 
     labels = np.arange(rows) * classes // rows
     units = np.append(np.arange(0, rows, unit_rows), rows)
@@ -583,9 +583,9 @@ def parse_grid(text: str, global_batch: int) -> list[tuple[int, int]]:
 
 def parser() -> argparse.ArgumentParser:
     class Parser(OneLineErrors, argparse.ArgumentParser):
-        program = "fashion_lake.readbench"
+        program = "fashion_lake.tools.readbench"
 
-    p = Parser(prog="python -m fashion_lake.readbench", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m fashion_lake.tools.readbench", description=__doc__.split("\n")[0])
     raw_dir = os.environ.get("FASHION_LAKE_RAW_DIR", "/work/shared/fashion-mnist")
     p.add_argument("--raw_dir", default=raw_dir, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--grid", default=",".join(f"{w}x{k}" for w, k in DEFAULT_GRID), help="runs: WxK,...")
@@ -603,7 +603,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
-    from fashion_lake.ingest import load_fashion_mnist
+    from fashion_lake.ingest.write import load_fashion_mnist
 
     args = parser().parse_args(argv)
     grid = parse_grid(args.grid, args.global_batch)
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         raise ConfigError(f"--lakes: unknown {unknown}; choose from png, raw, jpeg.")
     if ("jpeg" in names and args.photos < 1) or (args.rows is not None and args.rows < 1):
         raise ConfigError("--rows and --photos (needed by --lakes jpeg) must be 1 or more.")
-    from fashion_lake.data import parse_bytes
+    from fashion_lake.data.plan import parse_bytes
 
     cap = parse_bytes(args.cap)
     images, labels, _ = load_fashion_mnist(args.raw_dir, "train")
@@ -662,7 +662,7 @@ def unit_read(endpoint: str, proxy: str, prefix: str) -> float:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    run_command("fashion_lake.readbench", lambda: main(argv))
+    run_command("fashion_lake.tools.readbench", lambda: main(argv))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ chunks to, so most units overlap one or two chunks.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -122,41 +121,3 @@ def log_files(url: str, creds: dict[str, Any]) -> LogFiles | None:
     if "://" not in url or url.startswith("file://"):
         return LocalLog(Path(url.removeprefix("file://")).expanduser())
     return None
-
-
-def memory_limit(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int:
-    """Bytes this process may use: its cgroup's limit where one is set (``proc`` names its cgroups,
-    mounted under ``root``), else physical memory."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    for limit_file in _cgroup_limit_files(proc, root):
-        try:
-            text = limit_file.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < (physical or 1 << 62):
-            return int(text)
-    return physical
-
-
-def _cgroup_limit_files(proc: Path, root: Path) -> list[Path]:
-    """This process's cgroup memory limits, innermost first (v2 ``memory.max``, v1 ``limit_in_bytes``)."""
-    files: list[Path] = []
-    try:
-        lines = proc.read_text().splitlines()
-    except OSError:
-        return files
-    for line in lines:
-        _, controllers, where = line.split(":", 2)
-        if controllers == "":  # v2: one hierarchy
-            base, name = root, "memory.max"
-        elif "memory" in controllers.split(","):
-            base, name = root / "memory", "memory.limit_in_bytes"
-        else:
-            continue
-        here = base / where.lstrip("/")
-        while True:
-            files.append(here / name)
-            if here == base or base not in here.parents:
-                break
-            here = here.parent
-    return files

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fashion_lake.decode import DEVICE_CODECS, HAS_SIMPLEJPEG, host_decoder, to_channels
+from fashion_lake.data.decode import DEVICE_CODECS, HAS_SIMPLEJPEG, host_decoder, to_channels
 
 # jpeg rows are decoded with at least GAP x the output's pixels over the crop, then resized: as
-# Pillow's reducing_gap, it keeps libjpeg's coarse DCT downscaling out of the result (measured
-# here: 2.5 -> 0.2 levels from an exact resize, at 17% of the speed gain on 12 MP photos).
+# Pillow's reducing_gap, it keeps libjpeg's coarse DCT downscaling out of the result while
+# keeping most of its speed on large photos (docs/data-path.md).
 GAP = 2.0
 EVAL_CROP = 0.875  # the centre crop's share of the resized shorter side (torchvision: 224 / 256)
 Box = tuple[float, float, float, float]  # top, left, height, width, in source pixels
@@ -98,8 +98,7 @@ class Crops:
 
         The box is rounded to whole pixels (as torchvision's crops are) and resized by torch's
         antialiased bilinear ``interpolate`` on uint8, which matches Pillow's ``resize`` to
-        within a level on average and measured 3x faster (about 3,000 vs 1,100 crops/s of
-        560x420 photos to 224x224 on one core).
+        within a level on average and is faster (docs/data-path.md).
         """
         height, width = image.shape[:2]
         top, left = min(round(box[0]), height - 1), min(round(box[1]), width - 1)

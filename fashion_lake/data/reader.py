@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, default_collate
 
-from fashion_lake.crops import Crops
-from fashion_lake.decode import (
+from fashion_lake.data.crops import Crops
+from fashion_lake.data.decode import (
     SizeMismatch,
     decode_host,
     decode_into,
@@ -47,10 +47,11 @@ from fashion_lake.decode import (
     to_channels,
     unpack,
 )
+from fashion_lake.data.handoff import BatchSlots, HostBatch
+from fashion_lake.data.info import LakeInfo
+from fashion_lake.data.order import DistContext, OrderSpec, chunks
 from fashion_lake.errors import DatasetError
-from fashion_lake.handoff import BatchSlots, HostBatch
-from fashion_lake.lake import LakeInfo, LakeSource, is_local, storage_errors
-from fashion_lake.order import DistContext, OrderSpec, chunks
+from fashion_lake.lake import LakeSource, is_local, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
 Block = tuple[np.ndarray, np.ndarray]  # a unit's images (pixels, or encoded bytes as objects), labels

@@ -1,0 +1,3 @@
+from fashion_lake.ingest.write import main
+
+main()

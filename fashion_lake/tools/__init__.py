@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks (``bench``, ``readbench``, ``speed``) and the config reference."""
