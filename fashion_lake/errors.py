@@ -40,6 +40,10 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+# class paths a config may still name from before the package's layout: where they live now
+MOVED = {"fashion_lake.transforms.": "fashion_lake.data.augment."}
+
+
 class OneLineErrors:
     """A mixin for jsonargparse parsers: a bad flag or config value is one ``PROGRAM: error:``
     line and exit 2, like every other mistake, instead of argparse's page of usage.
@@ -54,7 +58,9 @@ class OneLineErrors:
             super().error(message, ex)  # type: ignore[misc]
         parser = getattr(ex, "subcommand_parser", None) or self
         usage = parser.prog.replace(" [options]", "")  # type: ignore[attr-defined]
-        line = f"{self.program}: error: {' '.join(message.split())} (options: {usage} --help)"
+        moved = [f"{old} is now {new}" for old, new in MOVED.items() if old in message]
+        hint = f" ({'; '.join(moved)})" if moved else ""
+        line = f"{self.program}: error: {' '.join(message.split())}{hint} (options: {usage} --help)"
         print(line, file=sys.stderr)
         raise SystemExit(2)
 

@@ -213,6 +213,15 @@ CASES: list[tuple[str, str, Argv, str]] = [
         ),
         r"data.flip work on the whole-batch pipeline.*drop data.train_transform",
     ),
+    (
+        "class_path_moved",
+        "fashion_lake",
+        fit(
+            "--data.train_transform",
+            '{{"images": {{"class_path": "fashion_lake.transforms.SeedTransform"}}}}',
+        ),
+        r"fashion_lake\.transforms\. is now fashion_lake\.data\.augment\.",
+    ),
     ("stem_unknown", "fashion_lake", fit("--model.stem", "tiny"), r'"model.stem".*tiny'),
     ("unknown_key", "fashion_lake", fit("--data.batch_sizee", "3"), r"batch_sizee"),
     ("config_missing", "fashion_lake", fit("--config", "nope.yaml"), r"nope.yaml"),

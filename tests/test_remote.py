@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pytest
 from faults import FaultyProxy
 
 from fashion_lake.ingest.write import fashion_mnist
+from fashion_lake.tools.s3 import moto_server
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_ROWS, VAL_ROWS = 120, 50
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_TEST_KEY_ID", "FASHION_LAKE_TEST_SECRET"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,44 +30,33 @@ def s3(tiny_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     The secret lives only in this process's environment and the subprocesses' (by name in
     ``creds``); ``secret`` is returned so that tests can look for it where it must not be.
     """
-    port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with moto_server(log) as endpoint:
         secret = "fl-" + secrets.token_hex(20)
         env = {KEY_ENV: "AKIAFASHIONLAKETEST", SECRET_ENV: secret}
         old_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        import boto3
+        try:
+            import boto3
 
-        boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=env[KEY_ENV], aws_secret_access_key=secret,
-            region_name="us-east-1",
-        ).create_bucket(Bucket="fashion")  # fmt: skip
-        by_reference = {"aws_access_key_id": f"env:{KEY_ENV}", "aws_secret_access_key": f"env:{SECRET_ENV}"}
-        creds = {"endpoint_url": endpoint, "aws_region": "us-east-1", **by_reference}
-        urls = {split: f"s3://fashion/{split}" for split in ("train", "test")}
-        for split, url in urls.items():
-            fashion_mnist(dest=url, raw_dir=str(tiny_raw_dir), split=split, creds=creds)
-        yield {"endpoint": endpoint, "creds": creds, "urls": urls, "secret": secret, "env": env}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for key, value in locals().get("old_env", {}).items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            boto3.client(
+                "s3", endpoint_url=endpoint, aws_access_key_id=env[KEY_ENV], aws_secret_access_key=secret,
+                region_name="us-east-1",
+            ).create_bucket(Bucket="fashion")  # fmt: skip
+            by_reference = {
+                "aws_access_key_id": f"env:{KEY_ENV}", "aws_secret_access_key": f"env:{SECRET_ENV}"
+            }  # fmt: skip
+            creds = {"endpoint_url": endpoint, "aws_region": "us-east-1", **by_reference}
+            urls = {split: f"s3://fashion/{split}" for split in ("train", "test")}
+            for split, url in urls.items():
+                fashion_mnist(dest=url, raw_dir=str(tiny_raw_dir), split=split, creds=creds)
+            yield {"endpoint": endpoint, "creds": creds, "urls": urls, "secret": secret, "env": env}
+        finally:
+            for key, value in old_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _args(s3: dict, run_config: Path, tmp_path: Path, endpoint: str | None = None) -> list[str]:

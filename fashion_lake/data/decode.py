@@ -70,7 +70,6 @@ def eight_bit(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"cannot read {image.dtype} pixels as 8-bit images")
 
 
-@functools.cache
 def host_decoder_name(codec: str, channels: int) -> str:
     """Which library ``host_decoder`` decodes ``codec`` with (for the live-path line)."""
     if codec == "png" and HAS_PYSPNG and channels in _PIL_MODES:
@@ -80,6 +79,7 @@ def host_decoder_name(codec: str, channels: int) -> str:
     return "torchvision"
 
 
+@functools.cache
 def host_decoder(codec: str, channels: int) -> Decoder:
     """The fastest installed decoder of ``codec`` bytes to ``channels`` channels."""
     fallback = _torchvision(channels)

@@ -338,15 +338,24 @@ class TrainOrder:
 
     def batch(self, step: int, partitions: range) -> tuple[np.ndarray, np.ndarray]:
         """(global positions, storage rows) of ``partitions``' share of batch ``step``, by position."""
+        positions, rows, _ = self.batches(step, step + 1, partitions)
+        return positions, rows
+
+    def batches(self, first: int, stop: int, partitions: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(global positions, storage rows, rows per batch) of ``partitions``' shares of batches
+        ``first .. stop - 1``, by position: a batch's positions all precede the next one's."""
+        edges = np.stack(
+            [self.taken(s * self.global_batch) for s in range(first, stop)] + [self.spans(stop - 1)[1]]
+        )
         positions, rows = [], []
-        starts, stops = self.spans(step)
         for p in partitions:
-            a, b = int(starts[p]), int(stops[p])
+            a, b = int(edges[0, p]), int(edges[-1, p])
             positions.append(np.arange(a, b, dtype=np.int64) * self.partitions + int(self.slot_of[p]))
             rows.append(self.partition_list[p].rows(a, b))
         pos, got = np.concatenate(positions), np.concatenate(rows)
         order = np.argsort(pos, kind="stable")
-        return pos[order], got[order]
+        owned = list(partitions)
+        return pos[order], got[order], (edges[1:, owned] - edges[:-1, owned]).sum(axis=1)
 
     def key(self) -> dict[str, int | bool]:
         """What the order depends on besides the epoch: a mid-epoch resume must find it unchanged."""

@@ -217,14 +217,15 @@ class LakeDataset(IterableDataset):
             plan = dataclasses.replace(plan, epoch=int(self.cursor[0]), start=int(self.cursor[1]))
         self.ds  # noqa: B018 - opens the handle in this process
         if isinstance(plan, TrainPlan):
-            parts = self._train_parts(plan, worker, workers)
-        else:
-            parts = self._eval_parts(plan, worker)
+            yield from self._train_items(plan, worker, workers)
+            return
+        parts = self._eval_parts(plan, worker)
         while group := list(itertools.islice(parts, plan.group)):
             yield self._item(group, plan.group > 1)
 
-    def _train_parts(self, plan: TrainPlan, worker: int, workers: int) -> Iterator[dict]:
-        """This process's part of each of the rank's batches: the rows in units it owns."""
+    def _train_items(self, plan: TrainPlan, worker: int, workers: int) -> Iterator[HostBatch]:
+        """This process's parts of the rank's batches (the rows it reads), ``plan.group`` steps an
+        item: planned, gathered and decoded a whole item at a time, as one array."""
         order = plan.spec.at(plan.epoch)
         owned = order.owned(plan.dist)
         readers = order.readers(owned, workers, split=self.split_units)
@@ -232,16 +233,19 @@ class LakeDataset(IterableDataset):
         held: dict[int, Held | Pending] = {}
         ahead: set[int] = set()
         last: list[int] = []
-        for step in range(plan.start, order.steps):
-            positions, rows = order.batch(step, owned)
+        for first in range(plan.start, order.steps, plan.group):
+            stop = min(first + plan.group, order.steps)
+            positions, rows, counts = order.batches(first, stop, owned)
+            step_of = np.repeat(np.arange(stop - first), counts)
             units = np.searchsorted(self.units, rows, side="right") - 1
             mine = readers.worker_of(rows, units) == worker
-            positions, rows, units = positions[mine], rows[mine], units[mine]
+            positions, rows, units, step_of = positions[mine], rows[mine], units[mine], step_of[mine]
             if self.sample_transform is not None:
-                yield self._sample_part(rows, positions)
+                steps = [step_of == k for k in range(stop - first)]
+                yield self._item([self._sample_part(rows[at], positions[at]) for at in steps], plan.group > 1)
                 continue
             now = set(np.unique(units).tolist())
-            at = order.taken(step * order.global_batch)
+            at = order.taken((stop - 1) * order.global_batch)
             groups = [order.partition_list[p].group_at(int(at[p])) for p in owned]
             if groups != last:  # the shuffle groups in use and the next ones, of units read here
                 ahead, last = set(), groups
@@ -249,11 +253,29 @@ class LakeDataset(IterableDataset):
                     for group in order.partition_list[p].groups_from(k):
                         ahead.update(group[readers.reads(group, worker)].tolist())
             wanted = ahead | now
-            # this batch's units first: reads ahead would share the bandwidth the first batch waits on
+            # this item's units first: reads ahead would share the bandwidth the first batch waits on
             self._hold(wanted, held, span, now)
             block = self._gather(rows, units, held)
             self._hold(wanted, held, span)
-            yield self._part(rows, *block, order.epoch, positions)
+            part = self._part(rows, *block, order.epoch, positions, skip=False)
+            yield self._steps(part, step_of, stop - first, plan.group > 1)
+
+    def _steps(
+        self, part: dict[str, np.ndarray], step_of: np.ndarray, steps: int, grouped: bool
+    ) -> HostBatch:
+        """An item's rows (of ``steps`` consecutive steps, ``step_of`` each row's) as one
+        ``HostBatch``, to be split back by the loader; corrupt rows dropped (``skip_corrupt``)."""
+        skipped = None
+        if self.skip_corrupt and "images" in part:
+            keep = part["labels"] != CORRUPT
+            skipped = np.bincount(step_of[~keep], minlength=steps)
+            part, step_of = {key: value[keep] for key, value in part.items()}, step_of[keep]
+        if not grouped:
+            counted = {"skipped": skipped[0]} if skipped is not None else {}
+            return HostBatch({**part, **counted}).ship(self.slots)
+        if skipped is not None:
+            part["skipped"] = skipped.astype(np.int64)
+        return HostBatch(part, np.bincount(step_of, minlength=steps).tolist()).ship(self.slots)
 
     def _eval_parts(self, plan: EvalPlan, worker: int) -> Iterator[dict]:
         """This worker's share of the rank's rows in storage order, in ``plan.count`` batches."""
@@ -320,9 +342,16 @@ class LakeDataset(IterableDataset):
         return HostBatch(arrays, [len(part["labels"]) for part in parts]).ship(self.slots)
 
     def _part(
-        self, idx: np.ndarray, images: np.ndarray, labels: np.ndarray, epoch: int, positions: np.ndarray
+        self,
+        idx: np.ndarray,
+        images: np.ndarray,
+        labels: np.ndarray,
+        epoch: int,
+        positions: np.ndarray,
+        skip: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Rows ``idx`` (view rows) of a batch, decoded, cropped or as they are; corrupt ones dropped."""
+        """Rows ``idx`` (view rows) of a batch, decoded, cropped or as they are; corrupt ones
+        dropped (``skip``) or labelled ``CORRUPT``."""
         rows = idx if self.info.row_ids is None else self.info.row_ids[idx]
         if not len(idx):
             height, width, channels = self.sample_shape
@@ -338,7 +367,8 @@ class LakeDataset(IterableDataset):
                 encoded = {"encoded": flat, "lengths": lengths, "view": idx}
                 return {**encoded, "labels": labels, "index": rows, "position": positions}
             images = _chw(self._decode(images, labels, idx))
-        return self._skip({"images": images, "labels": labels, "index": rows, "position": positions})
+        part = {"images": images, "labels": labels, "index": rows, "position": positions}
+        return self._skip(part) if skip else part
 
     def _skip(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """With ``skip_corrupt``: the part without its corrupt rows, and their count as ``skipped``."""

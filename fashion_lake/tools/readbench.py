@@ -38,11 +38,9 @@ epoch order's memory at 100M rows, and its shuffle quality against the previous 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,15 +49,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from subprocess import PIPE
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from fashion_lake.errors import ConfigError, DatasetError, OneLineErrors, run_command
+from fashion_lake.tools import s3
+from fashion_lake.tools.s3 import ForwardingProxy
 
 BUCKET = "readbench"
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_READBENCH_KEY_ID", "FASHION_LAKE_READBENCH_SECRET"
@@ -72,22 +70,14 @@ DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
 _RANK = "import sys; from fashion_lake.tools.readbench import run_rank; run_rank(sys.argv[1])"
 
 
-class CountingProxy(ThreadingHTTPServer):
-    """Forwards HTTP to ``upstream`` (S3) from a daemon thread while in a ``with``, counting GETs
-    and their response body bytes (``snapshot()``, ``reset()``); ``latency_ms`` delays each request."""
-
-    daemon_threads = True
+class CountingProxy(ForwardingProxy):
+    """Forwards HTTP to ``upstream`` (S3) while in a ``with``, counting GETs and their response
+    body bytes (``snapshot()``, ``reset()``); ``latency_ms`` delays each request."""
 
     def __init__(self, upstream: str, latency_ms: float = 0.0) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.upstream, self.latency = urlsplit(upstream), latency_ms / 1000
-        self.lock = threading.Lock()
+        super().__init__(upstream)
+        self.latency = latency_ms / 1000
         self.gets = self.get_bytes = 0
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
     def snapshot(self) -> tuple[int, int]:
         """(GET requests, GET response body bytes) so far."""
@@ -98,73 +88,25 @@ class CountingProxy(ThreadingHTTPServer):
         with self.lock:
             self.gets = self.get_bytes = 0
 
-    def __enter__(self) -> CountingProxy:
-        self.thread.start()
-        return self
+    def intercept(self, request: object, method: str, path: str) -> bool:
+        time.sleep(self.latency)
+        return False
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: CountingProxy
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        time.sleep(self.server.latency)
-        target = self.server.upstream
-        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
-        try:
-            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-            response = upstream.getresponse()
-            data = response.read()
-        finally:
-            upstream.close()
-        if self.command == "GET":
-            with self.server.lock:
-                self.server.gets += 1
-                self.server.get_bytes += len(data)
-        self.send_response(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        length = response.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", length or str(len(data)))  # a HEAD's is the object's
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+    def forwarded(self, method: str, path: str, status: int, body: bytes) -> None:
+        if method == "GET":
+            with self.lock:
+                self.gets += 1
+                self.get_bytes += len(body)
 
 
 @contextmanager
 def moto_server() -> Iterator[str]:
     """``moto_server`` on a free loopback port, with an empty bucket ``BUCKET``: its endpoint URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with s3.moto_server() as endpoint:
         os.environ.setdefault(KEY_ENV, "AKIAREADBENCH")
         os.environ.setdefault(SECRET_ENV, "rb-" + secrets.token_hex(20))
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def s3_client(endpoint: str) -> Any:
