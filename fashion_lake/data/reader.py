@@ -233,8 +233,7 @@ class LakeDataset(IterableDataset):
         held: dict[int, Held | Pending] = {}
         ahead: set[int] = set()
         last: list[int] = []
-        for first in range(plan.start, order.steps, plan.group):
-            stop = min(first + plan.group, order.steps)
+        for first, stop in _items(plan.start, order.steps, plan.group):
             positions, rows, counts = order.batches(first, stop, owned)
             step_of = np.repeat(np.arange(stop - first), counts)
             units = np.searchsorted(self.units, rows, side="right") - 1
@@ -537,6 +536,17 @@ class LakeDataset(IterableDataset):
 
     def _row_id(self, view_row: int) -> int:
         return view_row if self.info.row_ids is None else int(self.info.row_ids[view_row])
+
+
+def _items(start: int, steps: int, group: int) -> Iterator[tuple[int, int]]:
+    """Steps ``[first, stop)`` of each item from ``start`` on: 1, 2, 4, ... up to ``group`` steps,
+    so that the first batch waits for one step's rows, not a whole item's. Every worker follows
+    the same schedule, so the loader joins their items step by step."""
+    size, first = 1, start
+    while first < steps:
+        stop = min(first + size, steps)
+        yield first, stop
+        first, size = stop, min(2 * size, group)
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:
