@@ -82,3 +82,27 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     found = imports(source)
     assert "torch" in found and "fashion_lake.data.order" in own(found)
     assert LAYERS.index(layer("fashion_lake.data.order")) > LAYERS.index(layer("fashion_lake.ingest.write"))
+
+
+def test_every_import_of_the_package_resolves() -> None:
+    """Lazy imports too (inside functions): every ``from fashion_lake.X import name`` finds its name."""
+    import importlib
+
+    missing = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fashion_lake"):
+                module = importlib.import_module(node.module)  # type: ignore[arg-type]
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and not _is_module(f"{node.module}.{alias.name}"):
+                        missing.append(f"{module_name(path)}: {node.module}.{alias.name}")
+    assert not missing
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent is a module, not a package
+        return False

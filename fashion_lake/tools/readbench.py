@@ -360,7 +360,7 @@ def write_photo_lake(url: str, gigabytes: float, row_kb: float = 41.0, distinct:
 def memory_cgroup(limit: int) -> Path | None:
     """A new memory cgroup (v1 or v2) limited to ``limit`` bytes, under this process's own; None
     where this process may not make one."""
-    from fashion_lake.data.units import _cgroup_limit_files
+    from fashion_lake.host import _cgroup_limit_files
 
     for limit_file in _cgroup_limit_files(Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")):
         group = limit_file.parent / f"fashion-lake-bench-{os.getpid()}"
