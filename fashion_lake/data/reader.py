@@ -1,10 +1,11 @@
 """Reading a Deep Lake dataset as batch parts: ``LakeDataset``.
 
 ``LakeDataset`` is an iterable dataset that ``LakeLoader`` plans for each epoch. Each process
-that iterates it (the training process, or each DataLoader worker) reads only the read units it
-owns (``order.py``): each unit whole, with Deep Lake's async reads, issued a shuffle group
-ahead of use. It yields its part of every batch; the loader joins the parts. From a forked
-worker the images cross to the main process in shared slots (``handoff.py``). What a unit
+that iterates it (the training process, or each DataLoader worker) reads only its own rows of
+the rank's read units (``order.Readers``: whole units, or its run of each on local storage),
+with Deep Lake's async reads: an item's own units first, then a shuffle group ahead. It yields
+its parts of the rank's batches an item of steps at a time; the loader joins the parts. From
+a forked worker the images cross to the main process in shared slots (``handoff.py``). What a unit
 holds depends on how the image column is stored:
 
 - raw (uncompressed) columns: the pixels, read as column slices (memory copies);
