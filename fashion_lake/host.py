@@ -15,7 +15,7 @@ def memory_limit(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys
     """Bytes this process may use: its cgroup's limit where one is set (``proc`` names its cgroups,
     mounted under ``root``), else physical memory."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    for limit_file in _cgroup_limit_files(proc, root):
+    for limit_file in cgroup_limit_files(proc, root):
         try:
             text = limit_file.read_text().strip()
         except OSError:
@@ -25,7 +25,7 @@ def memory_limit(proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys
     return physical
 
 
-def _cgroup_limit_files(proc: Path, root: Path) -> list[Path]:
+def cgroup_limit_files(proc: Path, root: Path) -> list[Path]:
     """This process's cgroup memory limits, innermost first (v2 ``memory.max``, v1 ``limit_in_bytes``)."""
     files: list[Path] = []
     try:

@@ -39,8 +39,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def _loader(url: str, rank: int, world: int, workers: int = 0) -> LakeLoader:
-    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=GLOBAL // world, num_workers=workers,
+def _loader(url: str, rank: int, world: int, workers: int = 0, global_batch: int = GLOBAL) -> LakeLoader:
+    dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=global_batch // world, num_workers=workers,
                             drop_last=False)  # fmt: skip
     dm.dist = DistContext(rank, world)
     loader = dm.train_dataloader()
@@ -72,6 +72,23 @@ def test_global_batches_for_any_world_size_and_workers(lake: str, world: int, wo
     got = _steps([_loader(lake, rank, world, workers) for rank in range(world)])
     assert got == expected
     assert sorted(sum(got, [])) == list(range(ROWS))
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 2), (2, 2)])
+def test_unequal_partitions_keep_the_batches_and_resume(lake: str, world: int, workers: int) -> None:
+    """A global batch of >= 4 rows a partition over few units moves cuts to unit ends, so the
+    partitions differ in length: workers' items of several steps still hold each step's rows,
+    and a resume continues with exactly the next batch."""
+    wide = 40  # 5 rows a partition: cuts move to unit ends here
+    assert len(set(_loader(lake, 0, 1, 0, wide).order_of(EPOCH).lengths.tolist())) > 1
+    expected = [sorted(b) for b in global_batches(lake, wide, EPOCH, drop_last=False)]
+    assert _steps([_loader(lake, rank, world, workers, wide) for rank in range(world)]) == expected
+    before = [_loader(lake, rank, world, workers, wide) for rank in range(world)]
+    first = _steps(before, 2)
+    after = [_loader(lake, rank, world, workers, wide) for rank in range(world)]
+    for loader in after:
+        loader.load_state_dict(before[0].state_dict())
+    assert first + _steps(after) == expected
 
 
 @pytest.mark.parametrize(("world", "workers", "new_world", "new_workers"),

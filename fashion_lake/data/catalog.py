@@ -27,18 +27,15 @@ from fashion_lake.lake import (
     storage_errors,
 )
 
-SPLITS = ("train", "val", "test", "predict")
-
 
 def _default_raw_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_lake" / "fashion-mnist"
 
 
 class Catalog:
-    """One dataset per split (``urls``), opened and checked on first use, then cached.
-
-    Test and predict default to the validation dataset. A checkpoint's Deep Lake versions go in
-    ``pinned`` (url -> version), read unless ``use_latest_version``.
+    """One dataset per split (``urls``: train, val, test, predict), opened and checked on first
+    use, then cached. A checkpoint's Deep Lake versions go in ``pinned`` (url -> version), read
+    unless ``use_latest_version``; ``queries`` select rows per split (Deep Lake TQL).
     """
 
     def __init__(

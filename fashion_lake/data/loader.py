@@ -1,9 +1,10 @@
 """``LakeLoader``: a ``DataLoader`` that plans each epoch of a ``LakeDataset`` and joins its parts.
 
-Training: each worker yields its part of every batch of the epoch (the rows in the units it
-reads, ``order.py``); torch hands the workers' items back in turn, worker 0, 1, ..., so each
-run of ``num_workers`` items holds one batch's parts, joined here in global-position order.
-A batch is therefore the same whatever the worker count.
+Training: each worker yields its parts of the epoch's batches (the rows it reads,
+``order.Readers``), an item of one or more consecutive steps at a time, every worker on the
+same schedule; torch hands the workers' items back in turn, worker 0, 1, ..., so each run of
+``num_workers`` items holds the same steps' parts, joined here step by step in global-position
+order. A batch is therefore the same whatever the worker count.
 
 Its position is ``(epoch, batches consumed)``: the order fixes every row of every batch from
 there, on any world size that divides the partitions and any worker count, so a resume is

@@ -342,20 +342,21 @@ class TrainOrder:
         return positions, rows
 
     def batches(self, first: int, stop: int, partitions: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(global positions, storage rows, rows per batch) of ``partitions``' shares of batches
-        ``first .. stop - 1``, by position: a batch's positions all precede the next one's."""
-        edges = np.stack(
-            [self.taken(s * self.global_batch) for s in range(first, stop)] + [self.spans(stop - 1)[1]]
-        )
-        positions, rows = [], []
+        """(global positions, storage rows, batch) of ``partitions``' shares of batches ``first ..
+        stop - 1``, by batch, then by position within it. A partition's rows go to batches by its
+        ``spans``: position order alone would mix batches where partitions differ in length."""
+        edges = [self.taken(s * self.global_batch) for s in range(first, stop)] + [self.spans(stop - 1)[1]]
+        bounds = np.stack(edges)  # (batches + 1, partitions)
+        positions, rows, steps = [], [], []
         for p in partitions:
-            a, b = int(edges[0, p]), int(edges[-1, p])
-            positions.append(np.arange(a, b, dtype=np.int64) * self.partitions + int(self.slot_of[p]))
+            a, b = int(bounds[0, p]), int(bounds[-1, p])
+            at = np.arange(a, b, dtype=np.int64)
+            positions.append(at * self.partitions + int(self.slot_of[p]))
             rows.append(self.partition_list[p].rows(a, b))
-        pos, got = np.concatenate(positions), np.concatenate(rows)
-        order = np.argsort(pos, kind="stable")
-        owned = list(partitions)
-        return pos[order], got[order], (edges[1:, owned] - edges[:-1, owned]).sum(axis=1)
+            steps.append(np.searchsorted(bounds[:, p], at, side="right") - 1)
+        pos, got, step = np.concatenate(positions), np.concatenate(rows), np.concatenate(steps)
+        order = np.lexsort((pos, step))
+        return pos[order], got[order], step[order]
 
     def key(self) -> dict[str, int | bool]:
         """What the order depends on besides the epoch: a mid-epoch resume must find it unchanged."""

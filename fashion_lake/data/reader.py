@@ -55,7 +55,7 @@ from fashion_lake.errors import DatasetError
 from fashion_lake.lake import LakeSource, is_local, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
-Block = tuple[np.ndarray, np.ndarray]  # a unit's images (pixels, or encoded bytes as objects), labels
+Block = tuple[np.ndarray, np.ndarray]  # rows' images (pixels, or encoded bytes as objects) and labels
 Span = tuple[int, int]  # rows [a, b) of a unit
 READ_HINT = (
     "Transient storage errors were already retried; check that the storage is reachable and "
@@ -235,8 +235,7 @@ class LakeDataset(IterableDataset):
         ahead: set[int] = set()
         last: list[int] = []
         for first, stop in _items(plan.start, order.steps, plan.group):
-            positions, rows, counts = order.batches(first, stop, owned)
-            step_of = np.repeat(np.arange(stop - first), counts)
+            positions, rows, step_of = order.batches(first, stop, owned)
             units = np.searchsorted(self.units, rows, side="right") - 1
             mine = readers.worker_of(rows, units) == worker
             positions, rows, units, step_of = positions[mine], rows[mine], units[mine], step_of[mine]
@@ -444,7 +443,7 @@ class LakeDataset(IterableDataset):
         Deep Lake retries transient storage errors (resets, 5xx) itself; what still fails is
         permanent. Corrupt images come back from Deep Lake as ``None`` (they fail to decode, in
         ``_stack``, when we decode them): an error naming the row, or with ``skip_corrupt`` a
-        label of ``CORRUPT`` that ``_part`` drops and counts.
+        label of ``CORRUPT`` that ``_skip`` or ``_steps`` drops and counts.
         """
         with storage_errors(f"reading {self._where([unit])} of {self.source.url!r}", READ_HINT):
             images, labels = pending.images.result(), pending.labels.result()
@@ -502,7 +501,7 @@ class LakeDataset(IterableDataset):
 
     def _corrupt(self, bad: list[int], labels: np.ndarray, view_rows: np.ndarray) -> None:
         """Positions ``bad`` of a batch hold corrupt images: an error naming them, or with
-        ``skip_corrupt`` the label ``CORRUPT`` (``_batch`` drops and counts such rows)."""
+        ``skip_corrupt`` the label ``CORRUPT`` (``_skip`` or ``_steps`` drops and counts such rows)."""
         if not self.skip_corrupt:
             rows = [self._row_id(int(view_rows[i])) for i in bad]
             raise DatasetError(

@@ -1,5 +1,5 @@
-"""Read units and the memory they may take: where a dataset's storage chunks start, and the
-byte budget a training process may fill with them.
+"""Read units: where a dataset's storage chunks start (the memory they may take is
+``plan.py``'s, from ``host.memory_limit``).
 
 Deep Lake fetches whole storage chunks (~8 MB each), so two processes reading rows of one chunk
 both fetch it all. The reader's units are therefore the image column's chunks, read from

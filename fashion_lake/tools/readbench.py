@@ -165,7 +165,8 @@ def run_rank(spec_json: str) -> None:
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to stderr
     spec = json.loads(spec_json)
-    from fashion_lake.data.module import DeepLakeDataModule, DistContext
+    from fashion_lake.data.module import DeepLakeDataModule
+    from fashion_lake.data.order import DistContext
 
     dm = DeepLakeDataModule(train_url=spec["url"], val_url=spec["url"], **spec["options"])
     dm.dist = DistContext(spec["rank"], spec["world"])
@@ -189,10 +190,11 @@ def run_rank(spec_json: str) -> None:
 
 _UNITS = """
 import json, sys, time
-started = time.perf_counter()
 import deeplake
+from fashion_lake.lake import storage_args
 url, creds, spans, encoded = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "1"
-ds = deeplake.open_read_only(url, creds=creds)
+started = time.perf_counter()  # as the ranks' clocks: from a process that has imported what it needs
+ds = deeplake.open_read_only(url, **storage_args(creds))
 images, labels = ds["images"], ds["labels"]
 get = images.get_bytes_async if encoded else images.get_async
 reads = [(get(slice(*s)), labels.get_async(slice(*s))) for s in spans]
@@ -360,9 +362,9 @@ def write_photo_lake(url: str, gigabytes: float, row_kb: float = 41.0, distinct:
 def memory_cgroup(limit: int) -> Path | None:
     """A new memory cgroup (v1 or v2) limited to ``limit`` bytes, under this process's own; None
     where this process may not make one."""
-    from fashion_lake.host import _cgroup_limit_files
+    from fashion_lake.host import cgroup_limit_files
 
-    for limit_file in _cgroup_limit_files(Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")):
+    for limit_file in cgroup_limit_files(Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")):
         group = limit_file.parent / f"fashion-lake-bench-{os.getpid()}"
         try:
             group.mkdir()
