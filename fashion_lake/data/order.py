@@ -41,6 +41,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
@@ -171,15 +172,19 @@ class Readers:
         lo, hi = int(self.lo[unit]), int(self.hi[unit])
         if not self.split:
             return (lo, hi) if self.dealt[unit] == worker else (lo, lo)
-        n, k = hi - lo, self.workers
-        return lo + -(-worker * n // k), lo + -(-(worker + 1) * n // k)
+        a, b = self._run(hi - lo, worker)
+        return lo + a, lo + b
 
     def reads(self, units: np.ndarray, worker: int) -> np.ndarray:
         """Whether ``worker`` reads any row of each of ``units``."""
         if not self.split:
             return self.dealt[units] == worker
-        n, k = self.hi[units] - self.lo[units], self.workers
-        return (self.dealt[units] >= 0) & (-(-worker * n // k) < -(-(worker + 1) * n // k))
+        a, b = self._run(self.hi[units] - self.lo[units], worker)
+        return (self.dealt[units] >= 0) & (a < b)
+
+    def _run(self, rows: Any, worker: int) -> tuple[Any, Any]:
+        """Offsets ``[a, b)`` of ``worker``'s run of ``rows`` rows (a number or an array of them)."""
+        return -(-worker * rows // self.workers), -(-(worker + 1) * rows // self.workers)
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,7 @@ def eval_shares(rows: int, batch_size: int, dist: DistContext, workers: int) -> 
     and the batches each worker yields (the same on every rank and worker; short ones pad)."""
     parts = max(1, workers)
 
-    def share(lo: int, hi: int, k: int, n: int) -> range:  # noqa: E306
+    def share(lo: int, hi: int, k: int, n: int) -> range:
         size = hi - lo
         return range(lo + k * size // n, lo + (k + 1) * size // n)
 

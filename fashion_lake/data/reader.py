@@ -264,11 +264,7 @@ class LakeDataset(IterableDataset):
     ) -> HostBatch:
         """An item's rows (of ``steps`` consecutive steps, ``step_of`` each row's) as one
         ``HostBatch``, to be split back by the loader; corrupt rows dropped (``skip_corrupt``)."""
-        skipped = None
-        if self.skip_corrupt and "images" in part:
-            keep = part["labels"] != CORRUPT
-            skipped = np.bincount(step_of[~keep], minlength=steps)
-            part, step_of = {key: value[keep] for key, value in part.items()}, step_of[keep]
+        part, step_of, skipped = self._drop_corrupt(part, step_of, steps)
         if not grouped:
             counted = {"skipped": skipped[0]} if skipped is not None else {}
             return HostBatch({**part, **counted}).ship(self.slots)
@@ -281,7 +277,7 @@ class LakeDataset(IterableDataset):
         held: dict[int, Held | Pending] = {}
         share = plan.shares[worker]
 
-        def span(unit: int) -> Span:  # noqa: E306 - the unit's rows in this worker's share
+        def span(unit: int) -> Span:  # the unit's rows in this worker's share
             return max(int(self.units[unit]), share.start), min(int(self.units[unit + 1]), share.stop)
 
         for batch in chunks(share, plan.batch_size, plan.count):
@@ -371,12 +367,19 @@ class LakeDataset(IterableDataset):
 
     def _skip(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """With ``skip_corrupt``: the part without its corrupt rows, and their count as ``skipped``."""
-        if not self.skip_corrupt:
-            return part
+        part, _, skipped = self._drop_corrupt(part, np.zeros(len(part["labels"]), np.int64), 1)
+        return part if skipped is None else {**part, "skipped": np.asarray(skipped[0], dtype=np.int64)}
+
+    def _drop_corrupt(
+        self, part: dict[str, np.ndarray], step_of: np.ndarray, steps: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """With ``skip_corrupt``: ``part`` and ``step_of`` (each row's step of ``steps``) without the
+        corrupt rows, and each step's count of them; else all as they are and no count."""
+        if not self.skip_corrupt or "images" not in part:
+            return part, step_of, None
         keep = part["labels"] != CORRUPT
-        part = {key: value[keep] for key, value in part.items()}
-        part["skipped"] = np.asarray(len(keep) - keep.sum(), dtype=np.int64)
-        return part
+        kept = {key: value[keep] for key, value in part.items()}
+        return kept, step_of[keep], np.bincount(step_of[~keep], minlength=steps)
 
     def _sample_part(self, idx: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         """Rows ``idx`` one at a time through the per-sample transform (the tutorial's path)."""
