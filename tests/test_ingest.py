@@ -453,3 +453,40 @@ def test_overwrite_replaces_a_dataset_but_never_its_source(photo_folder: PhotoFo
     _ingest(photo_folder, dest)
     photo_folder.add("bag", "extra.png", "L", (8, 8))
     assert len(_ingest(photo_folder, dest, overwrite=True)) == len(photo_folder.files)
+
+
+def test_a_download_with_a_wrong_checksum_leaves_nothing(
+    real_raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror serving other bytes: one line naming the file and the checksums; the raw dir gets
+    no file under the real name and no partial file; the real files download and check."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    for name in ingest.FASHION_MNIST_MD5:
+        (served / name).write_bytes((real_raw_dir / name).read_bytes())
+    (served / "train-images-idx3-ubyte.gz").write_bytes(b"not the release")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+        monkeypatch.setattr(ingest, "FASHION_MNIST_MIRRORS", [mirror])
+        monkeypatch.setattr(ingest, "FASHION_MNIST_MD5", {**ingest.FASHION_MNIST_MD5, **{
+            name: ingest._digest(real_raw_dir / name, "md5") for name in ingest.FASHION_MNIST_MD5
+        }})  # fmt: skip  # the shared copies' own checksums stand in for the release's
+        raw = tmp_path / "raw"
+        bad = r"could not download train-images-idx3-ubyte.gz .*md5 \w+, expected"
+        with pytest.raises(IngestError, match=bad):
+            ingest.download_fashion_mnist(raw)
+        assert sorted(p.name for p in raw.iterdir()) == []
+        name = "train-images-idx3-ubyte.gz"
+        (served / name).write_bytes((real_raw_dir / name).read_bytes())
+        fetched = ingest.download_fashion_mnist(raw)
+        assert sorted(p.name for p in fetched.iterdir()) == sorted(ingest.FASHION_MNIST_MD5)
+    finally:
+        server.shutdown()
