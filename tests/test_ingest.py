@@ -490,3 +490,4 @@ def test_a_download_with_a_wrong_checksum_leaves_nothing(
         assert sorted(p.name for p in fetched.iterdir()) == sorted(ingest.FASHION_MNIST_MD5)
     finally:
         server.shutdown()
+        server.server_close()
