@@ -18,6 +18,7 @@ from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
 if TYPE_CHECKING:
     from conftest import MakeLake
 
+
 def test_standalone_notebook_flow(tiny_lakes: dict[str, str]) -> None:
     dm = DeepLakeDataModule(train_url=tiny_lakes["train"], val_url=tiny_lakes["test"], batch_size=16)
     dm.prepare_data()

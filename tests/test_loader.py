@@ -3,7 +3,9 @@ by one process, and positions that resume anywhere."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,15 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def _loader(url: str, rank: int, world: int, workers: int = 0, global_batch: int = GLOBAL) -> LakeLoader:
+def _loader(
+    url: str, rank: int, world: int, workers: int = 0, global_batch: int = GLOBAL, remote: bool = False
+) -> LakeLoader:
+    """``remote``: workers share units as for s3:// and other remote lakes (whole units each)."""
     dm = DeepLakeDataModule(train_url=url, val_url=url, batch_size=global_batch // world, num_workers=workers,
                             drop_last=False)  # fmt: skip
     dm.dist = DistContext(rank, world)
+    dm.setup("fit")
+    dm.datasets["train"].split_units = not remote  # before the loader starts its workers
     loader = dm.train_dataloader()
     loader.set_epoch(EPOCH)
     return loader
@@ -130,10 +137,7 @@ def test_each_unit_is_read_by_one_process(lake: str, monkeypatch: pytest.MonkeyP
     """Remote storage, 4 ranks x 2 workers over 5 units: a unit is read twice only where a
     partition cut between two processes falls inside it (at most processes - 1 such reads)."""
     units, _ = _count_reads(monkeypatch)
-    loaders = [_loader(lake, rank, 4, 2) for rank in range(4)]
-    for loader in loaders:
-        loader.dataset.split_units = False  # as for s3:// and other remote lakes
-    _steps(loaders)
+    _steps([_loader(lake, rank, 4, 2, remote=True) for rank in range(4)])
     assert min(units) >= 1 and sum(units) <= len(COMMITS) + 4 * 2 - 1
 
 
@@ -144,6 +148,44 @@ def test_local_workers_read_each_row_once(lake: str, monkeypatch: pytest.MonkeyP
     _steps([_loader(lake, rank, 2, 2) for rank in range(2)])
     assert list(rows) == [1] * ROWS
     assert sum(units) > len(COMMITS)  # units shared by the workers of a rank
+
+
+def _ready(loader: LakeLoader) -> LakeLoader:
+    deadline = time.monotonic() + 120
+    while not loader.ready():
+        assert time.monotonic() < deadline, "the workers did not open the lake"
+        time.sleep(0.01)
+    return loader
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_readers_start_when_built_and_read_the_epoch_the_first_iteration_sets(
+    lake: str, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training loader starts its readers when built (forks its workers, or opens the lake in
+    the background): they open the lake and read nothing until the first iteration, which may
+    bring a resumed position (of epoch ``EPOCH``)."""
+    units, _ = _count_reads(monkeypatch)
+    source = _loader(lake, 0, 1)
+    first = _steps([source], 3)
+    read = sum(units)
+    loader = _ready(_loader(lake, 0, 1, workers))
+    assert sum(units) == read  # opened, nothing read
+    loader.load_state_dict(source.state_dict())
+    expected = [sorted(b) for b in global_batches(lake, GLOBAL, EPOCH, drop_last=False)]
+    assert first + _steps([loader]) == expected
+
+
+def test_a_loader_dropped_before_its_first_epoch_lets_its_workers_end(lake: str) -> None:
+    """Workers waiting for an epoch that never comes (the batch size finder builds loaders it
+    drops) end cleanly when their loader goes: exit status 0, not killed at shutdown."""
+    loader = _ready(_loader(lake, 0, 1, workers=2))
+    workers = list(loader._iterator._workers)  # type: ignore[union-attr]
+    del loader
+    gc.collect()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
 
 
 def test_an_epoch_cut_short_does_not_shorten_the_next(lake: str) -> None:

@@ -1,4 +1,5 @@
-"""How a batch crosses from a DataLoader worker to the main process: ``HostBatch`` and ``BatchSlots``.
+"""What crosses between the training process and its DataLoader workers: batches one way
+(``HostBatch``, ``BatchSlots``), each epoch's plan the other (``Cursor``).
 
 A worker's batch is numpy arrays (``HostBatch``), made into tensors in the main process. Pickled
 through the worker's pipe, a 28x28 batch of 256 (200 KB) costs the main process about as much
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import os
+import time
 import weakref
 from typing import Any
 
@@ -73,6 +76,52 @@ class BatchSlots:
         count = int(np.prod(shape))
         offset = self._head + slot * self.slot_bytes
         return np.frombuffer(self._maps[worker], dtype, count, offset).reshape(shape)
+
+
+class Cursor:
+    """Where forked persistent workers find each epoch's ``(epoch, start)``: anonymous shared
+    memory the loader writes before an epoch and each worker reads as it starts one.
+
+    Held (``hold``), a worker that starts an epoch opens the lake, says so (``opened``) and waits
+    until the loader sets the plan, or gives up if released (``release``) or its training process
+    is gone: a loader can start its workers before its first epoch without their reading anything
+    yet (``LakeLoader.start``).
+    """
+
+    GO, HOLD, STOP = 0, 1, 2
+
+    def __init__(self, workers: int) -> None:
+        # epoch, start, state, the training process's pid, then one "opened" word per worker
+        self._words = np.frombuffer(mmap.mmap(-1, 8 * (4 + workers)), np.int64)
+        self._words[3] = os.getpid()
+
+    def set(self, epoch: int, start: int) -> None:
+        self._words[0], self._words[1] = epoch, start
+        self._words[2] = self.GO  # last: a waiting worker reads the plan once this is set
+
+    def hold(self) -> None:
+        self._words[2] = self.HOLD
+
+    def release(self) -> None:
+        """Workers still held stop waiting and end their epoch without reading."""
+        if self._words[2] == self.HOLD:
+            self._words[2] = self.STOP
+
+    def opened(self, worker: int) -> None:
+        self._words[4 + worker] = 1
+
+    def workers_opened(self) -> int:
+        return int(self._words[4:].sum())
+
+    def wait(self) -> tuple[int, int] | None:
+        """In a worker: the epoch's ``(epoch, start)`` once set; None if released or orphaned."""
+        while self._words[2] == self.HOLD:
+            if os.getppid() != self._words[3]:
+                return None
+            time.sleep(0.002)
+        if self._words[2] == self.STOP:
+            return None
+        return int(self._words[0]), int(self._words[1])
 
 
 def _aligned(size: int, to: int = 64) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from fashion_lake.data.handoff import HostBatch, ring_slots
 from fashion_lake.data.order import DistContext, OrderSpec, TrainOrder, eval_shares
-from fashion_lake.data.reader import EvalPlan, LakeDataset, TrainPlan
+from fashion_lake.data.reader import EvalPlan, LakeDataset, TrainPlan, settle_opens
 from fashion_lake.errors import CheckpointError
 
 # Lightning warns that an IterableDataset's length may count rows twice over workers; ours counts
@@ -79,6 +80,7 @@ class LakeLoader(DataLoader):
         self.adopt = adopt  # order settings a resume takes from the checkpoint (derived, not configured)
         self._adopted: dict[str, int] = {}
         self.started = False  # whether any iteration has begun
+        self._fresh = False  # workers started by ``start``, not yet iterated
 
     @property
     def epoch(self) -> int:
@@ -109,6 +111,34 @@ class LakeLoader(DataLoader):
             return self.order().steps
         return eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)[1] * self.workers
 
+    def start(self) -> None:
+        """Start the training readers before the first epoch, so that whatever runs in between
+        (a Trainer builds this loader before its sanity check) hides their start. Forked
+        persistent workers each open the lake and wait for the epoch's plan, which the first
+        iteration hands them; with no workers this process opens the lake in a background
+        thread. Nothing is read early, so a resume or a new epoch set meanwhile changes nothing.
+        Workers started otherwise (spawn, forkserver) start at the first iteration as usual."""
+        if self.spec is None or self._iterator is not None:
+            return
+        if self.num_workers == 0:
+            self.dataset.open_soon()
+            return
+        context = self.multiprocessing_context or torch.multiprocessing
+        if not self.persistent_workers or context.get_start_method() != "fork":
+            return
+        self.dataset.set_plan(self.plan())
+        self._iterator = self._get_iterator(hold=True)
+        self._fresh = True
+        # a loader dropped unused (the batch size finder builds several) lets its workers end
+        weakref.finalize(self, self.dataset.cursor.release)  # type: ignore[union-attr]
+
+    def ready(self) -> bool:
+        """Whether the readers ``start`` started have opened the lake."""
+        if self.num_workers == 0:
+            return self.dataset.is_open()
+        cursor = self.dataset.cursor if self._fresh else None
+        return cursor is not None and cursor.workers_opened() == self.num_workers
+
     def __iter__(self) -> Iterator[Any]:
         # A generator: this runs at the first ``next``, after Lightning's ``set_epoch``.
         self.started = True
@@ -118,9 +148,12 @@ class LakeLoader(DataLoader):
         plan = self.plan(start)
         running = getattr(self.dataset.plan, "spec", None)
         if self._iterator is not None and running != getattr(plan, "spec", None):
-            self._iterator = None  # persistent workers of another order (a resume adopted its settings)
+            if self._fresh:  # workers of another order (a resume adopted its settings)
+                self.dataset.cursor.release()  # type: ignore[union-attr]
+            self._iterator, self._fresh = None, False
         self.dataset.set_plan(plan)  # before new workers fork, and where persistent ones look
-        items = super().__iter__()
+        items = self._iterator if self._fresh else super().__iter__()  # fresh: no reset to wait for
+        self._fresh = False
         while True:
             parts = [_batches(item) for item in _take(items, self.workers)]
             if not parts:
@@ -134,12 +167,13 @@ class LakeLoader(DataLoader):
                 self._consumed = (self._consumed[0], self._consumed[1] + 1)
                 yield join(list(step_parts))
 
-    def _get_iterator(self) -> Any:
-        # New workers fork here: new slots first.
+    def _get_iterator(self, hold: bool = False) -> Any:
+        # New workers fork here: after any background open, with new slots.
         if self.num_workers > 0:
+            settle_opens()
             rows = self.rank_batch * self.group
             self.dataset.share_slots(self.num_workers, ring_slots(self.prefetch_factor), rows,
-                                     self.multiprocessing_context)  # fmt: skip
+                                     self.multiprocessing_context, hold)  # fmt: skip
         iterator = super()._get_iterator()
         # its workers write into these slots for as long as it lives, whatever the dataset holds next
         iterator.lake_slots = self.dataset.slots

@@ -69,6 +69,8 @@ RANGES: dict[str, tuple[float, float | None, str]] = {
     "partitions": (1, None, "canonical partitions of each epoch; the world size must divide it"),
     "memory_budget": (1, None, "bytes a rank's loader may hold"),
 }
+
+
 def _check_ranges(**values: float | None) -> None:
     """Refuse a value outside its range, naming the option, its range and what it means."""
     for name, value in values.items():
@@ -475,6 +477,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             if self._train_position is not None:
                 loader.load_state_dict(self._train_position)
                 self._train_position = None
+            loader.start()  # its readers open the lake during the sanity check
         return loader
 
     def _train_order(self, dataset: LakeDataset, group_units: int) -> OrderSpec:

@@ -27,10 +27,11 @@ import dataclasses
 import functools
 import itertools
 import math
-import mmap
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ from fashion_lake.data.decode import (
     to_channels,
     unpack,
 )
-from fashion_lake.data.handoff import BatchSlots, HostBatch
+from fashion_lake.data.handoff import BatchSlots, Cursor, HostBatch
 from fashion_lake.data.info import LakeInfo
 from fashion_lake.data.order import DistContext, OrderSpec, chunks
 from fashion_lake.errors import DatasetError
@@ -61,6 +62,14 @@ READ_HINT = (
     "Transient storage errors were already retried; check that the storage is reachable and "
     "the credentials are still valid, then resume with --ckpt_path last."
 )
+
+
+_OPENING: set[Future] = set()  # lakes this process is opening in background threads (``open_soon``)
+
+
+def settle_opens() -> None:
+    """Wait for this process's background opens: a fork must not copy one half done."""
+    wait(list(_OPENING))
 
 
 @dataclass(frozen=True)
@@ -139,31 +148,36 @@ class LakeDataset(IterableDataset):
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
         self._ds: Any = None
+        self._opening: tuple[int, Future] | None = None  # (pid, the handle) from ``open_soon``
         self._rows: Any = None
         self._pid: int | None = None
         self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
-        self.cursor: np.ndarray | None = None  # (epoch, start) for persistent workers (``share_slots``)
+        self.cursor: Cursor | None = None  # each epoch's plan for persistent workers (``share_slots``)
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None, "cursor": None}
+        dropped = dict.fromkeys(("_ds", "_opening", "_rows", "_pid", "slots", "cursor"))
+        return {**self.__dict__, **dropped}
 
-    def share_slots(self, workers: int, slots: int, rows: int, context: Any = None) -> None:
+    def share_slots(
+        self, workers: int, slots: int, rows: int, context: Any = None, hold: bool = False
+    ) -> None:
         """Before ``workers`` DataLoader workers fork: shared slots for the images of their items,
-        ``rows`` each (``handoff.py``). Workers started otherwise (spawn, forkserver) send their
-        images pickled."""
+        ``rows`` each (``handoff.py``), and the cursor where they find each epoch's plan, ``hold``
+        or not. Workers started otherwise (spawn, forkserver) send their images pickled."""
         method = (context or multiprocessing).get_start_method()
         fast = method == "fork" and self.sample_transform is None
         self.slots = BatchSlots(workers, slots, rows * math.prod(self.sample_shape)) if fast else None
-        # where persistent workers find each epoch's (epoch, start): anonymous shared memory
-        self.cursor = np.frombuffer(mmap.mmap(-1, 16), np.int64) if method == "fork" else None
+        self.cursor = Cursor(workers) if method == "fork" else None
         self.set_plan(self.plan)
+        if hold and self.cursor is not None:
+            self.cursor.hold()
 
     def set_plan(self, plan: TrainPlan | EvalPlan | None) -> None:
         """What the next iteration reads, here and in workers forked or still running."""
         self.plan = plan
         if self.cursor is not None and isinstance(plan, TrainPlan):
-            self.cursor[:] = plan.epoch, plan.start
+            self.cursor.set(plan.epoch, plan.start)
 
     def unit_bytes(self) -> float:
         """What the largest unit takes in memory, by the dataset's mean row size."""
@@ -172,8 +186,37 @@ class LakeDataset(IterableDataset):
     @property
     def ds(self) -> Any:
         if self._ds is None or self._pid != os.getpid():
-            self._ds, self._rows, self._pid = self.source.open(), None, os.getpid()
+            opening, self._opening, pid = self._opening, None, os.getpid()
+            handle = opening[1].result() if opening is not None and opening[0] == pid else self.source.open()
+            self._ds, self._rows, self._pid = handle, None, pid
         return self._ds
+
+    def open_soon(self) -> None:
+        """Start opening this process's handle in a background thread; the first read takes it
+        (and any error the open met). Not a daemon thread: an exit waits for the open to end."""
+        pid = os.getpid()
+        if (self._ds is not None and self._pid == pid) or (self._opening and self._opening[0] == pid):
+            return
+        future: Future = Future()
+        _OPENING.add(future)
+
+        def run() -> None:
+            try:
+                future.set_result(self.source.open())
+            except BaseException as error:  # handed to the first read
+                future.set_exception(error)
+            finally:
+                _OPENING.discard(future)
+
+        self._opening = (pid, future)
+        threading.Thread(target=run, name="lake-open").start()
+
+    def is_open(self) -> bool:
+        """Whether this process's handle is open (or its background open has ended)."""
+        pid = os.getpid()
+        return (self._ds is not None and self._pid == pid) or bool(
+            self._opening and self._opening[0] == pid and self._opening[1].done()
+        )
 
     @property
     def channels(self) -> int:
@@ -214,9 +257,13 @@ class LakeDataset(IterableDataset):
             raise RuntimeError("a LakeDataset is read through LakeLoader, which plans each epoch")
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None and self.cursor is not None and isinstance(plan, TrainPlan):
-            plan = dataclasses.replace(plan, epoch=int(self.cursor[0]), start=int(self.cursor[1]))
         self.ds  # noqa: B018 - opens the handle in this process
+        if info is not None and self.cursor is not None and isinstance(plan, TrainPlan):
+            self.cursor.opened(worker)
+            at = self.cursor.wait()  # at once, unless the loader started its workers before the epoch
+            if at is None:
+                return
+            plan = dataclasses.replace(plan, epoch=at[0], start=at[1])
         if isinstance(plan, TrainPlan):
             yield from self._train_items(plan, worker, workers)
             return
@@ -252,11 +299,11 @@ class LakeDataset(IterableDataset):
                     for group in order.partition_list[p].groups_from(k):
                         ahead.update(group[readers.reads(group, worker)].tolist())
             wanted = ahead | now
-            # this item's units first: reads ahead would share the bandwidth the first batch waits on
+            # this item's units, then its decoding, then the reads ahead: reads ahead would share
+            # the bandwidth and the cores that this item (the first batch, at an epoch's start) waits on
             self._hold(wanted, held, span, now)
-            block = self._gather(rows, units, held)
+            part = self._part(rows, *self._gather(rows, units, held), order.epoch, positions, skip=False)
             self._hold(wanted, held, span)
-            part = self._part(rows, *block, order.epoch, positions, skip=False)
             yield self._steps(part, step_of, stop - first, plan.group > 1)
 
     def _steps(

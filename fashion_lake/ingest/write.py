@@ -360,9 +360,7 @@ def _check_destination(
     return final
 
 
-def _clear_destination(
-    dest: str, overwrite: bool, creds: Creds | None, token: str | None
-) -> Path | None:
+def _clear_destination(dest: str, overwrite: bool, creds: Creds | None, token: str | None) -> Path | None:
     """``_check_destination``, then make room: a local destination's parent folder is created;
     a remote dataset that may be replaced (``overwrite``, or an unfinished ingest of ours) is
     deleted. Returns ``dest``'s local path, or None for a remote URL."""

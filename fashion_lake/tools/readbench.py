@@ -14,15 +14,18 @@ array column) and, with ``--photos N``, ``jpeg`` (N synthetic 256x256 RGB photos
 For each lake and each ``W x K`` of the grid (W processes, K loader workers each) every rank
 is a fresh process that builds a ``DeepLakeDataModule`` through its public API only
 (``dm.dist = DistContext(rank, W)``, global batch ``--global_batch`` over the W ranks,
-``drop_last=False`` so that an epoch covers every row), calls
-``setup("fit")`` and ``train_dataloader()``, reports ready and waits; once all are ready the
-counter is read and all ranks are released together to read one training epoch of their shard.
-Columns: ``epoch bytes / stored`` (GET response bodies from the release to the last rank's exit,
-and the MB), ``with setup`` (the same from the first process's start), ``GETs`` (epoch + setup),
-``first batch s / units s`` (the slowest rank's first batch, from the release, and the time a
-fresh process takes to open the lake and read the read units that batch draws from, with Deep
-Lake's async reads: what any reader of those rows waits for), ``wall s`` (release to the last
-rank's last batch),
+``drop_last=False`` so that an epoch covers every row), calls ``setup("fit")`` and
+``train_dataloader()``, waits until the loader's readers (its workers, or with none the rank's
+process, started when it is built, as a Trainer builds it before its sanity check) have opened
+the lake, reports ready and waits; once
+all are ready the counter is read and all ranks are released together to read one training
+epoch of their shard. Columns: ``epoch bytes / stored`` (GET response bodies from the release
+to the last rank's exit, and the MB), ``with setup`` (the same from the first process's start),
+``GETs`` (epoch + setup), ``readers open s`` (from the loader's build until its readers have
+opened the lake, the slowest rank's: what a Trainer's sanity check hides), ``first batch s /
+units s`` (the slowest rank's first batch, from the release, and the time a fresh process takes
+to open the lake and read the read units that batch draws from, with Deep Lake's async reads:
+what any reader of those rows waits for), ``wall s`` (release to the last rank's last batch),
 ``exactly once`` (the ranks' ``batch['index']`` together cover every row once) and rows per
 rank.
 
@@ -62,7 +65,8 @@ from fashion_lake.tools.s3 import ForwardingProxy
 BUCKET = "readbench"
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_READBENCH_KEY_ID", "FASHION_LAKE_READBENCH_SECRET"
 COLUMNS = (
-    "lake, W x K, epoch bytes / stored, with setup, GETs, first batch s / units s, wall s, exactly once, "
+    "lake, W x K, epoch bytes / stored, with setup, GETs, readers open s, first batch s / units s, wall s, "
+    "exactly once, "
     "rows/rank"
 )
 DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
@@ -171,13 +175,17 @@ def run_rank(spec_json: str) -> None:
     dm = DeepLakeDataModule(train_url=spec["url"], val_url=spec["url"], **spec["options"])
     dm.dist = DistContext(spec["rank"], spec["world"])
     dm.setup("fit")
+    built = time.perf_counter()
     loader = dm.train_dataloader()
+    while not loader.ready():
+        time.sleep(0.01)
+    opened = time.perf_counter() - built
     order = loader.order_of(0)
     starts = order.unit_starts
     _, rows = order.batch(0, order.owned(dm.dist))
     units = np.unique(np.searchsorted(starts, rows, side="right") - 1).tolist()
     spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
-    print(json.dumps({"spans": spans}), file=protocol, flush=True)
+    print(json.dumps({"spans": spans, "opened": opened}), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
         return
     start, first, seen = time.perf_counter(), None, [np.empty(0, np.int64)]
@@ -228,6 +236,7 @@ class Run:
     workers: int
     epoch: tuple[int, int]  # (GETs, bytes) from the release to the end
     total: tuple[int, int]  # the same from the first rank's start ("with setup")
+    readers_open: float  # seconds from the loader's build until its readers opened the lake (slowest rank)
     first_batch: float  # seconds, the slowest rank's
     first_units: float  # seconds for a fresh process to open the lake and read that rank's first units
     wall: float
@@ -245,6 +254,7 @@ class Run:
             f"{self.world} x {self.workers}",
             *ratios,
             f"{self.epoch[0]} + {self.total[0] - self.epoch[0]}",
+            f"{self.readers_open:.2f}",
             f"{self.first_batch:.2f} / {self.first_units:.2f}",
             f"{self.wall:.1f}",
             "yes" if self.exactly_once else "no",
@@ -288,7 +298,8 @@ def measure(
     watchdog.start()
     try:
         # set up, loader built: the row spans of the units its first batch reads
-        spans = [json.loads(_protocol_line(p, rank, errs[rank]))["spans"] for rank, p in enumerate(procs)]
+        ready_lines = [json.loads(_protocol_line(p, rank, errs[rank])) for rank, p in enumerate(procs)]
+        spans = [line["spans"] for line in ready_lines]
         ready, released = proxy.snapshot(), time.perf_counter()
         for proc in procs:
             proc.stdin.write("go\n")  # type: ignore[union-attr]
@@ -311,7 +322,8 @@ def measure(
     units = units_read(lake, options["creds"], spans[slowest], env)
     once = bool(np.array_equal(seen, np.arange(lake.rows)))
     rows = [report["rows"] for report in reports]
-    return Run(lake, world, workers, epoch, total, first, units, wall, rows, once)
+    opened = max(line["opened"] for line in ready_lines)
+    return Run(lake, world, workers, epoch, total, opened, first, units, wall, rows, once)
 
 
 # ------------------------------------------------------------------ a photo epoch under a memory cap
@@ -580,7 +592,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
                 f"{time.perf_counter() - started:.0f} s; global batch {args.global_batch}, latency "
                 f"{args.latency_ms:g} ms; reading its largest object (a chunk) takes {unit:.2f} s\n",
                 table_row(COLUMNS.split(", ")),
-                table_row(["---"] * 9),
+                table_row(["---"] * 10),
                 sep="\n",
             )
             for world, workers in grid:
