@@ -69,6 +69,7 @@ COLUMNS = (
     "exactly once, "
     "rows/rank"
 )
+EPOCHS = 20  # epochs whose reads the order predicts (each permutes the units anew)
 DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
 # One rank in a fresh process; protocol lines go to the real stdout, everything else to stderr.
 _RANK = "import sys; from fashion_lake.tools.readbench import run_rank; run_rank(sys.argv[1])"
@@ -185,7 +186,8 @@ def run_rank(spec_json: str) -> None:
     _, rows = order.batch(0, order.owned(dm.dist))
     units = np.unique(np.searchsorted(starts, rows, side="right") - 1).tolist()
     spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
-    print(json.dumps({"spans": spans, "opened": opened}), file=protocol, flush=True)
+    touched = [touched_rows(loader.order_of(epoch), spec["world"]) for epoch in range(EPOCHS)]
+    print(json.dumps({"spans": spans, "opened": opened, "touched": touched}), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
         return
     start, first, seen = time.perf_counter(), None, [np.empty(0, np.int64)]
@@ -194,6 +196,18 @@ def run_rank(spec_json: str) -> None:
         seen.append(batch["index"].numpy().astype(np.int64))
     np.save(spec["out"], np.concatenate(seen))
     print(json.dumps({"first": first, "rows": sum(map(len, seen))}), file=protocol, flush=True)
+
+
+def touched_rows(order: Any, world: int) -> float:
+    """Rows of the units each of ``world`` ranks reads in ``order``'s epoch, over the rows: the
+    epoch's reads / stored that the order predicts (by rows, not bytes; workers add nothing
+    on remote storage)."""
+    sizes = np.diff(order.unit_starts)
+    touched = 0
+    for rank in range(world):
+        parts = [order.partition_list[p].pieces.units for p in order.owned_by(rank, world)]
+        touched += int(sizes[np.unique(np.concatenate(parts))].sum())
+    return touched / order.rows
 
 
 _UNITS = """
@@ -239,6 +253,7 @@ class Run:
     readers_open: float  # seconds from the loader's build until its readers opened the lake (slowest rank)
     first_batch: float  # seconds, the slowest rank's
     first_units: float  # seconds for a fresh process to open the lake and read that rank's first units
+    touched: list[float]  # the reads / stored that the order predicts for epochs 0, 1, ... (``touched_rows``)
     wall: float
     rows: list[int]  # per rank
     exactly_once: bool
@@ -323,7 +338,8 @@ def measure(
     once = bool(np.array_equal(seen, np.arange(lake.rows)))
     rows = [report["rows"] for report in reports]
     opened = max(line["opened"] for line in ready_lines)
-    return Run(lake, world, workers, epoch, total, opened, first, units, wall, rows, once)
+    touched = ready_lines[0]["touched"]
+    return Run(lake, world, workers, epoch, total, opened, first, units, touched, wall, rows, once)
 
 
 # ------------------------------------------------------------------ a photo epoch under a memory cap
@@ -604,6 +620,12 @@ def main(argv: list[str] | None = None) -> list[Run]:
     print("\nshuffle (label entropy of a global batch / a uniform shuffle's, units per batch):")
     print(shuffle_quality(60_000, 10, 10_204))
     print(shuffle_quality(1_281_167, 1000, 61))
+    print(f"\nreads / stored that the order predicts for epochs 0-{EPOCHS - 1} (rows of the units each rank "
+          "touches; mean, min-max):")  # fmt: skip
+    for run in runs:
+        if run.workers == min(r.workers for r in runs if r.lake is run.lake and r.world == run.world):
+            low, high = min(run.touched), max(run.touched)
+            print(f"  {run.lake.name} {run.world} ranks: {np.mean(run.touched):.2f}, {low:.2f}-{high:.2f}")
     print("\nreads: " + ", ".join(f"{run.name}={run.epoch[1] / run.lake.stored:.2f}" for run in runs))
     return runs
 
