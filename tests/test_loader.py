@@ -158,18 +158,17 @@ def _ready(loader: LakeLoader) -> LakeLoader:
     return loader
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_readers_start_when_built_and_read_the_epoch_the_first_iteration_sets(
-    lake: str, workers: int, monkeypatch: pytest.MonkeyPatch
+def test_workers_start_when_built_and_read_the_epoch_the_first_iteration_sets(
+    lake: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A training loader starts its readers when built (forks its workers, or opens the lake in
-    the background): they open the lake and read nothing until the first iteration, which may
-    bring a resumed position (of epoch ``EPOCH``)."""
+    """A training loader forks its workers when built: they open the lake and read nothing
+    until the first iteration, which may bring a resumed position (of epoch ``EPOCH``)."""
     units, _ = _count_reads(monkeypatch)
     source = _loader(lake, 0, 1)
     first = _steps([source], 3)
     read = sum(units)
-    loader = _ready(_loader(lake, 0, 1, workers))
+    loader = _ready(_loader(lake, 0, 1, workers=2))
+    assert loader._fresh  # started early: ready() waited for both workers to open the lake
     assert sum(units) == read  # opened, nothing read
     loader.load_state_dict(source.state_dict())
     expected = [sorted(b) for b in global_batches(lake, GLOBAL, EPOCH, drop_last=False)]

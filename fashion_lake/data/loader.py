@@ -29,7 +29,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from fashion_lake.data.handoff import HostBatch, ring_slots
 from fashion_lake.data.order import DistContext, OrderSpec, TrainOrder, eval_shares
-from fashion_lake.data.reader import EvalPlan, LakeDataset, TrainPlan, settle_opens
+from fashion_lake.data.reader import EvalPlan, LakeDataset, TrainPlan
 from fashion_lake.errors import CheckpointError
 
 # Lightning warns that an IterableDataset's length may count rows twice over workers; ours counts
@@ -112,19 +112,17 @@ class LakeLoader(DataLoader):
         return eval_shares(len(self.dataset), self.rank_batch, self.dist, self.num_workers)[1] * self.workers
 
     def start(self) -> None:
-        """Start the training readers before the first epoch, so that whatever runs in between
-        (a Trainer builds this loader before its sanity check) hides their start. Forked
+        """Start the training workers before the first epoch, so that whatever runs in between
+        (a Trainer builds this loader before its sanity check) hides their start: forked
         persistent workers each open the lake and wait for the epoch's plan, which the first
-        iteration hands them; with no workers this process opens the lake in a background
-        thread. Nothing is read early, so a resume or a new epoch set meanwhile changes nothing.
-        Workers started otherwise (spawn, forkserver) start at the first iteration as usual."""
-        if self.spec is None or self._iterator is not None:
-            return
-        if self.num_workers == 0:
-            self.dataset.open_soon()
-            return
+        iteration hands them. Nothing is read early, so a resume or a new epoch set meanwhile
+        changes nothing. Without workers, or with workers started otherwise (spawn,
+        forkserver), the lake is opened at the first iteration as usual: opening it in a thread
+        beside the training process's own Deep Lake calls is not safe."""
         context = self.multiprocessing_context or torch.multiprocessing
-        if not self.persistent_workers or context.get_start_method() != "fork":
+        if self.spec is None or self._iterator is not None or not self.persistent_workers:
+            return
+        if self.num_workers == 0 or context.get_start_method() != "fork":
             return
         self.dataset.set_plan(self.plan())
         self._iterator = self._get_iterator(hold=True)
@@ -133,10 +131,11 @@ class LakeLoader(DataLoader):
         weakref.finalize(self, self.dataset.cursor.release)  # type: ignore[union-attr]
 
     def ready(self) -> bool:
-        """Whether the readers ``start`` started have opened the lake."""
-        if self.num_workers == 0:
-            return self.dataset.is_open()
-        cursor = self.dataset.cursor if self._fresh else None
+        """Whether the workers ``start`` started have all opened the lake (True when it started
+        none: those open it at the first iteration)."""
+        if not self._fresh:
+            return True
+        cursor = self.dataset.cursor
         return cursor is not None and cursor.workers_opened() == self.num_workers
 
     def __iter__(self) -> Iterator[Any]:
@@ -168,9 +167,8 @@ class LakeLoader(DataLoader):
                 yield join(list(step_parts))
 
     def _get_iterator(self, hold: bool = False) -> Any:
-        # New workers fork here: after any background open, with new slots.
+        # New workers fork here: new slots first.
         if self.num_workers > 0:
-            settle_opens()
             rows = self.rank_batch * self.group
             self.dataset.share_slots(self.num_workers, ring_slots(self.prefetch_factor), rows,
                                      self.multiprocessing_context, hold)  # fmt: skip

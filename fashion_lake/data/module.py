@@ -477,7 +477,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
             if self._train_position is not None:
                 loader.load_state_dict(self._train_position)
                 self._train_position = None
-            loader.start()  # its readers open the lake during the sanity check
+            loader.start()  # its workers open the lake during the sanity check
         return loader
 
     def _train_order(self, dataset: LakeDataset, group_units: int) -> OrderSpec:

@@ -29,9 +29,7 @@ import itertools
 import math
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +60,6 @@ READ_HINT = (
     "Transient storage errors were already retried; check that the storage is reachable and "
     "the credentials are still valid, then resume with --ckpt_path last."
 )
-
-
-_OPENING: set[Future] = set()  # lakes this process is opening in background threads (``open_soon``)
-
-
-def settle_opens() -> None:
-    """Wait for this process's background opens: a fork must not copy one half done."""
-    wait(list(_OPENING))
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,6 @@ class LakeDataset(IterableDataset):
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
         self._ds: Any = None
-        self._opening: tuple[int, Future] | None = None  # (pid, the handle) from ``open_soon``
         self._rows: Any = None
         self._pid: int | None = None
         self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
@@ -156,8 +145,7 @@ class LakeDataset(IterableDataset):
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        dropped = dict.fromkeys(("_ds", "_opening", "_rows", "_pid", "slots", "cursor"))
-        return {**self.__dict__, **dropped}
+        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None, "cursor": None}
 
     def share_slots(
         self, workers: int, slots: int, rows: int, context: Any = None, hold: bool = False
@@ -186,37 +174,8 @@ class LakeDataset(IterableDataset):
     @property
     def ds(self) -> Any:
         if self._ds is None or self._pid != os.getpid():
-            opening, self._opening, pid = self._opening, None, os.getpid()
-            handle = opening[1].result() if opening is not None and opening[0] == pid else self.source.open()
-            self._ds, self._rows, self._pid = handle, None, pid
+            self._ds, self._rows, self._pid = self.source.open(), None, os.getpid()
         return self._ds
-
-    def open_soon(self) -> None:
-        """Start opening this process's handle in a background thread; the first read takes it
-        (and any error the open met). Not a daemon thread: an exit waits for the open to end."""
-        pid = os.getpid()
-        if (self._ds is not None and self._pid == pid) or (self._opening and self._opening[0] == pid):
-            return
-        future: Future = Future()
-        _OPENING.add(future)
-
-        def run() -> None:
-            try:
-                future.set_result(self.source.open())
-            except BaseException as error:  # handed to the first read
-                future.set_exception(error)
-            finally:
-                _OPENING.discard(future)
-
-        self._opening = (pid, future)
-        threading.Thread(target=run, name="lake-open").start()
-
-    def is_open(self) -> bool:
-        """Whether this process's handle is open (or its background open has ended)."""
-        pid = os.getpid()
-        return (self._ds is not None and self._pid == pid) or bool(
-            self._opening and self._opening[0] == pid and self._opening[1].done()
-        )
 
     @property
     def channels(self) -> int:

@@ -15,14 +15,14 @@ For each lake and each ``W x K`` of the grid (W processes, K loader workers each
 is a fresh process that builds a ``DeepLakeDataModule`` through its public API only
 (``dm.dist = DistContext(rank, W)``, global batch ``--global_batch`` over the W ranks,
 ``drop_last=False`` so that an epoch covers every row), calls ``setup("fit")`` and
-``train_dataloader()``, waits until the loader's readers (its workers, or with none the rank's
-process, started when it is built, as a Trainer builds it before its sanity check) have opened
-the lake, reports ready and waits; once
+``train_dataloader()``, waits until the loader's workers (started when it is built, as a
+Trainer builds it before its sanity check) have opened the lake, reports ready and waits; once
 all are ready the counter is read and all ranks are released together to read one training
 epoch of their shard. Columns: ``epoch bytes / stored`` (GET response bodies from the release
 to the last rank's exit, and the MB), ``with setup`` (the same from the first process's start),
-``GETs`` (epoch + setup), ``readers open s`` (from the loader's build until its readers have
-opened the lake, the slowest rank's: what a Trainer's sanity check hides), ``first batch s /
+``GETs`` (epoch + setup), ``workers open s`` (from the loader's build until its workers have
+opened the lake, the slowest rank's: what a Trainer's sanity check hides; without workers the
+rank's process opens the lake after the release), ``first batch s /
 units s`` (the slowest rank's first batch, from the release, and the time a fresh process takes
 to open the lake and read the read units that batch draws from, with Deep Lake's async reads:
 what any reader of those rows waits for), ``wall s`` (release to the last rank's last batch),
@@ -65,10 +65,11 @@ from fashion_lake.tools.s3 import ForwardingProxy
 BUCKET = "readbench"
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_READBENCH_KEY_ID", "FASHION_LAKE_READBENCH_SECRET"
 COLUMNS = (
-    "lake, W x K, epoch bytes / stored, with setup, GETs, readers open s, first batch s / units s, wall s, "
+    "lake, W x K, epoch bytes / stored, with setup, GETs, workers open s, first batch s / units s, wall s, "
     "exactly once, "
     "rows/rank"
 )
+READY_S = 300  # seconds a rank's loader may take to open the lake before the bench gives up
 EPOCHS = 20  # epochs whose reads the order predicts (each permutes the units anew)
 DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
 # One rank in a fresh process; protocol lines go to the real stdout, everything else to stderr.
@@ -178,7 +179,9 @@ def run_rank(spec_json: str) -> None:
     dm.setup("fit")
     built = time.perf_counter()
     loader = dm.train_dataloader()
-    while not loader.ready():
+    while not loader.ready():  # the workers it started
+        if time.perf_counter() - built > READY_S:
+            raise DatasetError(f"the training loader's workers did not open {spec['url']} in {READY_S} s")
         time.sleep(0.01)
     opened = time.perf_counter() - built
     order = loader.order_of(0)
@@ -250,7 +253,7 @@ class Run:
     workers: int
     epoch: tuple[int, int]  # (GETs, bytes) from the release to the end
     total: tuple[int, int]  # the same from the first rank's start ("with setup")
-    readers_open: float  # seconds from the loader's build until its readers opened the lake (slowest rank)
+    workers_open: float  # seconds from the loader's build until its workers opened the lake (slowest rank)
     first_batch: float  # seconds, the slowest rank's
     first_units: float  # seconds for a fresh process to open the lake and read that rank's first units
     touched: list[float]  # the reads / stored that the order predicts for epochs 0, 1, ... (``touched_rows``)
@@ -269,7 +272,7 @@ class Run:
             f"{self.world} x {self.workers}",
             *ratios,
             f"{self.epoch[0]} + {self.total[0] - self.epoch[0]}",
-            f"{self.readers_open:.2f}",
+            f"{self.workers_open:.2f}" if self.workers else "-",
             f"{self.first_batch:.2f} / {self.first_units:.2f}",
             f"{self.wall:.1f}",
             "yes" if self.exactly_once else "no",
