@@ -81,6 +81,7 @@ class LakeLoader(DataLoader):
         self._adopted: dict[str, int] = {}
         self.started = False  # whether any iteration has begun
         self._fresh = False  # workers started by ``start``, not yet iterated
+        self._release: Any = None  # lets those workers end unused (``start``)
 
     @property
     def epoch(self) -> int:
@@ -128,7 +129,7 @@ class LakeLoader(DataLoader):
         self._iterator = self._get_iterator(hold=True)
         self._fresh = True
         # a loader dropped unused (the batch size finder builds several) lets its workers end
-        weakref.finalize(self, self.dataset.cursor.release)  # type: ignore[union-attr]
+        self._release = weakref.finalize(self, self.dataset.cursor.release)  # type: ignore[union-attr]
 
     def ready(self) -> bool:
         """Whether the workers ``start`` started have all opened the lake (True when it started
@@ -148,7 +149,7 @@ class LakeLoader(DataLoader):
         running = getattr(self.dataset.plan, "spec", None)
         if self._iterator is not None and running != getattr(plan, "spec", None):
             if self._fresh:  # workers of another order (a resume adopted its settings)
-                self.dataset.cursor.release()  # type: ignore[union-attr]
+                self._release()
             self._iterator, self._fresh = None, False
         self.dataset.set_plan(plan)  # before new workers fork, and where persistent ones look
         items = self._iterator if self._fresh else super().__iter__()  # fresh: no reset to wait for

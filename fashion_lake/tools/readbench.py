@@ -189,7 +189,8 @@ def run_rank(spec_json: str) -> None:
     _, rows = order.batch(0, order.owned(dm.dist))
     units = np.unique(np.searchsorted(starts, rows, side="right") - 1).tolist()
     spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
-    touched = [touched_rows(loader.order_of(epoch), spec["world"]) for epoch in range(EPOCHS)]
+    epochs = range(EPOCHS if spec["rank"] == 0 else 0)  # the same for every rank: rank 0 says it
+    touched = [touched_rows(loader.order_of(epoch), spec["world"]) for epoch in epochs]
     print(json.dumps({"spans": spans, "opened": opened, "touched": touched}), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
         return
@@ -206,11 +207,8 @@ def touched_rows(order: Any, world: int) -> float:
     epoch's reads / stored that the order predicts (by rows, not bytes; workers add nothing
     on remote storage)."""
     sizes = np.diff(order.unit_starts)
-    touched = 0
-    for rank in range(world):
-        parts = [order.partition_list[p].pieces.units for p in order.owned_by(rank, world)]
-        touched += int(sizes[np.unique(np.concatenate(parts))].sum())
-    return touched / order.rows
+    ranks = [order.readers(order.owned_by(rank, world), 1, split=False) for rank in range(world)]
+    return sum(int(sizes[readers.dealt >= 0].sum()) for readers in ranks) / order.rows
 
 
 _UNITS = """
