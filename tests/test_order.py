@@ -179,3 +179,24 @@ def test_a_small_last_unit_leaves_no_rank_short() -> None:
     assert order.lengths.min() >= 7_400 and order.lengths.sum() == 60_000
     rows = [sum(len(order.batch(s, range(p, p + 1))[1]) for s in range(order.steps)) for p in range(8)]
     assert max(rows) - min(rows) <= 80
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 2), (2, 2), (1, 4)])
+def test_workers_dealt_whole_units_share_every_step(world: int, workers: int) -> None:
+    """Remote units are read whole, each by one worker: still, every step's rows of a rank spread
+    over its workers (two units a partition, the second shuffle group of each dealt to another
+    worker than the first), from the first step on; and each unit the rank reads has one reader."""
+    units = _units([250] * 16)  # 4,000 photos in 16 chunks
+    for epoch in range(3):
+        order = TrainOrder(units, 256, epoch=epoch, partitions=8, group_units=16)
+        owned = order.owned(DistContext(0, world))
+        readers = order.readers(owned, workers, split=False)
+        worst, read = [], set()
+        for step in range(order.steps):
+            rows = order.batch(step, owned)[1]
+            of = np.searchsorted(units, rows, side="right") - 1
+            share = np.bincount(readers.worker_of(rows, of), minlength=workers) / len(rows)
+            worst.append(share.max() * workers)
+            read.update(of.tolist())
+        assert worst[0] <= 1.1 and np.mean(worst) <= 1.1, (epoch, worst)
+        assert set(np.flatnonzero(readers.dealt >= 0).tolist()) == read

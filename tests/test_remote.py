@@ -162,7 +162,9 @@ def test_a_permanent_storage_error_names_the_url(s3: dict, run_config: Path, tmp
 
 
 def test_storage_failing_mid_run_stops_with_the_url(s3: dict, run_config: Path, tmp_path: Path) -> None:
-    """Every data read is denied once training runs: validation's first read fails, in one line."""
+    """Every data read is denied once training runs: validation's first read fails, in one line.
+    In a loader worker: the training process reads through the handle that setup opened, which
+    already holds these few rows."""
     with FaultyProxy(s3["endpoint"], rate=0.0, kinds=("403",)) as proxy:
         args = _args(s3, run_config, tmp_path, endpoint=proxy.url)
         log = ["--trainer.callbacks+=recorder.RowLog", "--trainer.callbacks.out_dir", str(tmp_path / "rows")]
@@ -177,6 +179,8 @@ def test_storage_failing_mid_run_stops_with_the_url(s3: dict, run_config: Path, 
             *log,
             "--trainer.num_sanity_val_steps",
             "0",
+            "--data.num_workers",
+            "1",
         ]
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -8,6 +8,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,11 @@ class Catalog:
         self.say = say  # where notices go (rank zero's log in a run)
         self.pinned: dict[str, str] = {}
         self._infos: dict[tuple[str, str | None, str | None], LakeInfo] = {}
+        self._opened: dict[tuple[str, str | None, str | None], Any] = {}
         self._reference_split: str | None | bool = False  # False: not looked up yet
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_opened": {}}  # open handles stay in their process
 
     def source(self, split: str) -> LakeSource:
         url = self.urls[split]
@@ -88,8 +93,9 @@ class Catalog:
                 expected = None
                 if reference is not None and self.urls[reference] != source.url:
                     expected = self.info(reference).class_names
+                view = source.select(base)
                 info = inspect_lake(
-                    source.select(base),
+                    view,
                     source.url,
                     self.image_column,
                     self.label_column,
@@ -98,7 +104,15 @@ class Catalog:
                     expected,
                 )
                 self._infos[key] = dataclasses.replace(info, row_ids=source.row_ids(base))
+                self._opened[key] = view
         return self._infos[key]
+
+    def opened(self, split: str) -> Any:
+        """The split's dataset (or query view) as ``info`` opened it in this process, else None:
+        reading it here needs no second open (several requests to storage). Kept for the run,
+        so a forked worker, which opens its own, never frees the copy it inherits."""
+        source = self.source(split)
+        return self._opened.get((source.url, source.query, source.version))
 
     @property
     def reference_split(self) -> str | None:

@@ -378,6 +378,7 @@ class DeepLakeDataModule(pl.LightningDataModule):
                 crops=self.crops,
                 channels=self.num_channels,
                 train=split == "train",
+                opened=self.catalog.opened(split),
             )
 
     def _check_normalize(self) -> None:

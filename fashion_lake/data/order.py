@@ -20,8 +20,9 @@ Lake's chunks, ``units.py``). Each training epoch:
 So the rows of every global batch depend on ``(seed, epoch, units, partitions, group_units,
 G)`` only, never on the number of ranks or workers. Rank ``r`` of ``W`` owns partitions
 ``[r * P / W, (r + 1) * P / W)`` (``W`` must divide ``P``), and its ``K`` workers read whole
-units dealt to them in turn (``Readers``): every unit is read by one process per epoch, except
-the at most ``P - 1`` units cut between partitions of two processes. On local storage each
+units, each dealt to the least loaded worker when the rank first reads it (``Readers``): every
+unit is read by one process per epoch, except the at most ``P - 1`` units cut between
+partitions of two processes. On local storage each
 worker reads its run of every unit's rows instead, so that the workers stay even among few
 units. A batch is assembled from its workers' parts in global-position order, so resuming
 with other workers is exact.
@@ -37,6 +38,7 @@ collectives never wait on a rank that has run out of data.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,10 +150,11 @@ class Partition:
 class Readers:
     """Which of a rank's ``workers`` reads each of its rows in an epoch.
 
-    Whole units dealt to the workers in turn, each fetched by one process; or, with ``split``
-    (local storage, where the page cache serves a repeated read), the rows the rank reads of
-    each unit cut into ``workers`` runs, one per worker: the workers stay even however few the
-    units are. Either way a step's part of each worker holds about ``1 / workers`` of its rows.
+    Whole units dealt to the workers as the rank comes to them (``TrainOrder.readers``), each
+    fetched by one process; or, with ``split`` (local storage, where the page cache serves a
+    repeated read), the rows the rank reads of each unit cut into ``workers`` runs, one per
+    worker: the workers stay even however few the units are. Either way a step's part of each
+    worker holds about ``1 / workers`` of its rows (dealt whole, as evenly as the units allow).
     """
 
     dealt: np.ndarray  # unit -> the worker that reads it whole; -1: the rank reads none of it
@@ -296,18 +299,38 @@ class TrainOrder:
         return self.lengths == (self.rows - self.slot_of + self.partitions - 1) // self.partitions
 
     def readers(self, owned: range, workers: int, split: bool) -> Readers:
-        """Which of ``workers`` reads each row of the ``owned`` partitions (see ``Readers``)."""
+        """Which of ``workers`` reads each row of the ``owned`` partitions (see ``Readers``).
+
+        Each unit goes, when the rank first reads it, to the worker with the fewest rows per
+        step in flight: a partition gives every step the same number of rows, spread over the
+        pieces of its current shuffle group by their lengths. Dealt by partition instead, a
+        partition's consecutive groups would go to one worker each, and with two units a
+        partition one worker would decode every row of the first half of the epoch."""
         count = len(self.unit_starts) - 1
         dealt = np.full(count, -1, dtype=np.int64)
         lo, hi = np.full(count, self.rows, dtype=np.int64), np.zeros(count, dtype=np.int64)
-        turn = 0
+        groups = []  # (share of the epoch where it starts, where it ends, slot, partition, group)
         for p in owned:
-            pieces = self.partition_list[p].pieces
-            for unit in pieces.units.tolist():  # dealt in turn, in the order the rank first reads them
-                if dealt[unit] < 0:
-                    dealt[unit], turn = turn % workers, turn + 1
+            partition = self.partition_list[p]
+            pieces, ends, length = partition.pieces, partition.group_ends, len(partition)
             np.minimum.at(lo, pieces.units, pieces.starts)
             np.maximum.at(hi, pieces.units, pieces.stops)
+            for k in range(len(ends)):
+                start = int(ends[k - 1]) if k else 0
+                groups.append((start / length, int(ends[k]) / length, int(self.slot_of[p]), p, k))
+        load, expiring = np.zeros(workers), []  # rows per step each worker reads; (end, worker, rate)
+        for start, end, _, p, k in sorted(groups):
+            while expiring and expiring[0][0] <= start:
+                _, worker, rate = heapq.heappop(expiring)
+                load[worker] -= rate
+            pieces, at = self.partition_list[p].pieces, self.partition_list[p].group_starts
+            units, lengths = pieces.units[at[k] : at[k + 1]], pieces.lengths[at[k] : at[k + 1]]
+            for i in np.argsort(-lengths, kind="stable").tolist():  # the largest first
+                unit, rate = int(units[i]), float(lengths[i] / lengths.sum())
+                if dealt[unit] < 0:
+                    dealt[unit] = int(np.argmin(load))
+                load[dealt[unit]] += rate
+                heapq.heappush(expiring, (end, int(dealt[unit]), rate))
         return Readers(dealt, lo, hi, workers, split)
 
     def owned(self, dist: DistContext) -> range:

@@ -126,6 +126,7 @@ class LakeDataset(IterableDataset):
         crops: Crops | None = None,
         channels: int | None = None,
         train: bool = False,
+        opened: Any = None,
     ) -> None:
         self.source, self.info, self.units = source, info, np.asarray(units, dtype=np.int64)
         self.image_column, self.label_column = image_column, label_column
@@ -137,9 +138,10 @@ class LakeDataset(IterableDataset):
         self.split_units = is_local(source.url)
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
-        self._ds: Any = None
+        # ``opened``: the dataset already open in this process (the catalog's), used here only
+        self._ds: Any = opened
         self._rows: Any = None
-        self._pid: int | None = None
+        self._pid: int | None = os.getpid() if opened is not None else None
         self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
         self.cursor: Cursor | None = None  # each epoch's plan for persistent workers (``share_slots``)
 

@@ -22,10 +22,11 @@ epoch of their shard. Columns: ``epoch bytes / stored`` (GET response bodies fro
 to the last rank's exit, and the MB), ``with setup`` (the same from the first process's start),
 ``GETs`` (epoch + setup), ``workers open s`` (from the loader's build until its workers have
 opened the lake, the slowest rank's: what a Trainer's sanity check hides; without workers the
-rank's process opens the lake after the release), ``first batch s /
-units s`` (the slowest rank's first batch, from the release, and the time a fresh process takes
-to open the lake and read the read units that batch draws from, with Deep Lake's async reads:
-what any reader of those rows waits for), ``wall s`` (release to the last rank's last batch),
+rank's process reads through the handle its setup opened), ``first batch s / units s`` (the
+slowest rank's first batch, from the release, and the time fresh processes, one per rank and
+all at once, take to open the lake and read the read units of their rank's first batch, with
+Deep Lake's async reads: what any reader of those rows waits for while the other ranks read
+theirs; the slowest), ``wall s`` (release to the last rank's last batch),
 ``exactly once`` (the ranks' ``batch['index']`` together cover every row once) and rows per
 rank.
 
@@ -226,14 +227,21 @@ print(time.perf_counter() - started)
 """
 
 
-def units_read(lake: Lake, creds: dict[str, str], spans: list[list[int]], env: dict[str, str]) -> float:
-    """Seconds a fresh process takes to open ``lake`` and read these row spans (whole read units)
-    concurrently with Deep Lake's async reads: the least any reader waits for those rows."""
-    args = [lake.url, json.dumps(creds), json.dumps(spans), "0" if lake.name == "raw" else "1"]
-    done = subprocess.run([sys.executable, "-c", _UNITS, *args], capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise DatasetError(f"reading the first units of {lake.url} failed: {done.stderr.strip()[-300:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+def units_read(lake: Lake, creds: dict[str, str], spans: list[list[list[int]]], env: dict[str, str]) -> float:
+    """Seconds until fresh processes, one per rank and all at once, have each opened ``lake`` and
+    read the row spans (whole read units) of that rank's first batch, concurrently with Deep Lake's
+    async reads: the least any reader of those rows waits, while the other ranks read theirs
+    from the same storage (the slowest rank's)."""
+    args = [lake.url, json.dumps(creds)], "0" if lake.name == "raw" else "1"
+    cmds = [[sys.executable, "-c", _UNITS, *args[0], json.dumps(rank), args[1]] for rank in spans]
+    procs = [subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, env=env) for cmd in cmds]
+    seconds = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise DatasetError(f"reading the first units of {lake.url} failed: {err.strip()[-300:]}")
+        seconds.append(float(out.strip().splitlines()[-1]))
+    return max(seconds)
 
 
 @dataclass
@@ -253,7 +261,7 @@ class Run:
     total: tuple[int, int]  # the same from the first rank's start ("with setup")
     workers_open: float  # seconds from the loader's build until its workers opened the lake (slowest rank)
     first_batch: float  # seconds, the slowest rank's
-    first_units: float  # seconds for a fresh process to open the lake and read that rank's first units
+    first_units: float  # seconds for fresh processes to open the lake and read each rank's first units
     touched: list[float]  # the reads / stored that the order predicts for epochs 0, 1, ... (``touched_rows``)
     wall: float
     rows: list[int]  # per rank
@@ -335,7 +343,7 @@ def measure(
     epoch, total = (end[0] - ready[0], end[1] - ready[1]), (end[0] - start[0], end[1] - start[1])
     slowest = max(range(world), key=lambda rank: reports[rank]["first"] or 0.0)
     first = reports[slowest]["first"] or 0.0
-    units = units_read(lake, options["creds"], spans[slowest], env)
+    units = units_read(lake, options["creds"], spans, env)
     once = bool(np.array_equal(seen, np.arange(lake.rows)))
     rows = [report["rows"] for report in reports]
     opened = max(line["opened"] for line in ready_lines)
