@@ -12,9 +12,10 @@ array column) and, with ``--photos N``, ``jpeg`` (N synthetic 256x256 RGB photos
 ``image_size=64``). Stored bytes are the sizes of the objects under each lake's prefix.
 
 For each lake and each ``W x K`` of the grid (W processes, K loader workers each) every rank
-is a fresh process that builds a ``DeepLakeDataModule`` through its public API only
-(``dm.dist = DistContext(rank, W)``, global batch ``--global_batch`` over the W ranks,
-``drop_last=False`` so that an epoch covers every row), calls ``setup("fit")`` and
+is a fresh process (with cores / W torch threads, as Lightning's launchers give it) that
+builds a ``DeepLakeDataModule`` through its public API only (``dm.dist = DistContext(rank,
+W)``, global batch ``--global_batch`` over the W ranks, ``drop_last=False`` so that an epoch
+covers every row), calls ``setup("fit")`` and
 ``train_dataloader()``, waits until the loader's workers (started when it is built, as a
 Trainer builds it before its sanity check) have opened the lake, reports ready and waits; once
 all are ready the counter is read and all ranks are released together to read one training
@@ -308,6 +309,10 @@ def measure(
         filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
     )
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": path}
+    # each rank's torch threads, as Lightning's launchers set them (torchrun sets 1): without it
+    # the ranks' thread pools spin against each other on the shared cores
+    threads = max(1, len(os.sched_getaffinity(0)) // world)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
     options = {"num_workers": workers, "creds": creds_for(proxy.url), "global_batch_size": args.global_batch}
     options.update(drop_last=False, image_size=64 if lake.name == "jpeg" else None)
     stem = work / f"{lake.name}-{world}x{workers}-rank"
