@@ -127,7 +127,7 @@ def live_path(
     sharing = ""
     if workers:
         handoff = "shared-memory slots" if forked() and dataset.sample_transform is None else "pickled"
-        reads = "each reads its run of every unit" if dataset.split_units else "units dealt in turn"
+        reads = "each reads its run of every unit" if dataset.split_units else "each reads whole units"
         sharing = f" ({reads}; batches cross {handoff})" if workers > 1 else f" (batches cross {handoff})"
     return (
         f"Training data: {url!r}, {reading}{crops}; {workers} worker process{'' if workers == 1 else 'es'} "

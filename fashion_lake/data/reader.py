@@ -134,7 +134,7 @@ class LakeDataset(IterableDataset):
         self.skip_corrupt, self.decode_on_device = skip_corrupt, decode_on_device
         self.crops, self.train = crops, train
         # each worker reads its run of every unit (local: the page cache serves the repeats), or
-        # whole units dealt in turn (remote: each fetched once); see order.Readers
+        # whole units, each dealt to one worker (remote: each fetched once); see order.Readers
         self.split_units = is_local(source.url)
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
