@@ -19,6 +19,7 @@ from fashion_lake.data.loader import LakeLoader
 from fashion_lake.data.order import DistContext
 from fashion_lake.data.reader import LakeDataset
 from fashion_lake.data.units import LocalLog, chunk_units
+from fashion_lake.lake import LakeSource
 
 COMMITS = [40, 43, 40, 40, 40]  # rows per commit: each commit closes a storage chunk
 ROWS, EPOCH, GLOBAL = sum(COMMITS), 2, 16
@@ -148,6 +149,19 @@ def test_local_workers_read_each_row_once(lake: str, monkeypatch: pytest.MonkeyP
     _steps([_loader(lake, rank, 2, 2) for rank in range(2)])
     assert list(rows) == [1] * ROWS
     assert sum(units) > len(COMMITS)  # units shared by the workers of a rank
+
+
+def test_without_workers_the_lake_is_not_opened_again(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training process reads through the dataset that setup opened to inspect the lake: no
+    second open (several requests on remote storage) before the first batch."""
+    opens: list[str] = []
+    open_base = LakeSource.open_base
+    monkeypatch.setattr(LakeSource, "open_base", lambda self: opens.append(self.url) or open_base(self))
+    loader = _loader(lake, 0, 1)
+    opened = len(opens)
+    steps = _steps([loader])
+    assert opened >= 1 and len(opens) == opened
+    assert sorted(row for step in steps for row in step) == list(range(ROWS))
 
 
 def _ready(loader: LakeLoader) -> LakeLoader:

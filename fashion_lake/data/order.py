@@ -22,10 +22,9 @@ G)`` only, never on the number of ranks or workers. Rank ``r`` of ``W`` owns par
 ``[r * P / W, (r + 1) * P / W)`` (``W`` must divide ``P``), and its ``K`` workers read whole
 units, each dealt to the least loaded worker when the rank first reads it (``Readers``): every
 unit is read by one process per epoch, except the at most ``P - 1`` units cut between
-partitions of two processes. On local storage each
-worker reads its run of every unit's rows instead, so that the workers stay even among few
-units. A batch is assembled from its workers' parts in global-position order, so resuming
-with other workers is exact.
+partitions of two processes. On local storage each worker reads its run of every unit's rows
+instead, so that the workers stay even among few units. A batch is assembled from its workers'
+parts in global-position order, so resuming with other workers is exact.
 
 Nothing here is O(rows): the epoch plan is O(units), and a partition's rows are computed a
 group at a time (O(group rows)).
@@ -325,8 +324,9 @@ class TrainOrder:
                 load[worker] -= rate
             pieces, at = self.partition_list[p].pieces, self.partition_list[p].group_starts
             units, lengths = pieces.units[at[k] : at[k + 1]], pieces.lengths[at[k] : at[k + 1]]
+            rows = max(int(lengths.sum()), 1)
             for i in np.argsort(-lengths, kind="stable").tolist():  # the largest first
-                unit, rate = int(units[i]), float(lengths[i] / lengths.sum())
+                unit, rate = int(units[i]), float(lengths[i] / rows)
                 if dealt[unit] < 0:
                     dealt[unit] = int(np.argmin(load))
                 load[dealt[unit]] += rate

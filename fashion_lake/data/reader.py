@@ -138,7 +138,7 @@ class LakeDataset(IterableDataset):
         self.split_units = is_local(source.url)
         self._channels = channels
         self.plan: TrainPlan | EvalPlan | None = None  # set by the loader before each epoch
-        # ``opened``: the dataset already open in this process (the catalog's), used here only
+        # ``opened``: the dataset already open in this process (the catalog's); forked workers open their own
         self._ds: Any = opened
         self._rows: Any = None
         self._pid: int | None = os.getpid() if opened is not None else None
