@@ -82,7 +82,7 @@ class Catalog:
     def info(self, split: str) -> LakeInfo:
         """Checked facts about one split's dataset (opened once, then cached)."""
         source = self.source(split)
-        key = (source.url, source.query, source.version)
+        key = _key(source)
         if key not in self._infos:
             hint = "Check that the storage is reachable and the credentials are valid."
             with storage_errors(f"reading {source.url!r}", hint):  # labels, the first image, row ids
@@ -111,8 +111,7 @@ class Catalog:
         """The split's dataset (or query view) as ``info`` opened it in this process, else None:
         reading it here needs no second open (several requests to storage). Kept for the run,
         so a forked worker, which opens its own, never frees the copy it inherits."""
-        source = self.source(split)
-        return self._opened.get((source.url, source.query, source.version))
+        return self._opened.get(_key(self.source(split)))
 
     @property
     def reference_split(self) -> str | None:
@@ -196,3 +195,8 @@ class Catalog:
             self.say(f"Building Fashion-MNIST {fm_split} split at {url} from {raw_dir}")
             fashion_mnist(dest=url, raw_dir=raw_dir, split=fm_split)
         self._reference_split = False  # the built datasets define the classes now
+
+
+def _key(source: LakeSource) -> tuple[str, str | None, str | None]:
+    """What a split's dataset is cached by: where, which rows, which version."""
+    return source.url, source.query, source.version

@@ -117,9 +117,8 @@ class LakeLoader(DataLoader):
         (a Trainer builds this loader before its sanity check) hides their start: forked
         persistent workers each open the lake and wait for the epoch's plan, which the first
         iteration hands them. Nothing is read early, so a resume or a new epoch set meanwhile
-        changes nothing. Without workers, or with workers started otherwise (spawn,
-        forkserver), the lake is opened at the first iteration as usual: opening it in a thread
-        beside the training process's own Deep Lake calls is not safe."""
+        changes nothing. Without workers the training process reads through the dataset setup
+        opened; workers started otherwise (spawn, forkserver) open it at the first iteration."""
         context = self.multiprocessing_context or torch.multiprocessing
         if self.spec is None or self._iterator is not None or not self.persistent_workers:
             return

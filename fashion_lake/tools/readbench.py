@@ -15,21 +15,20 @@ For each lake and each ``W x K`` of the grid (W processes, K loader workers each
 is a fresh process (with cores / W torch threads, as Lightning's launchers give it) that
 builds a ``DeepLakeDataModule`` through its public API only (``dm.dist = DistContext(rank,
 W)``, global batch ``--global_batch`` over the W ranks, ``drop_last=False`` so that an epoch
-covers every row), calls ``setup("fit")`` and
-``train_dataloader()``, waits until the loader's workers (started when it is built, as a
-Trainer builds it before its sanity check) have opened the lake, reports ready and waits; once
-all are ready the counter is read and all ranks are released together to read one training
-epoch of their shard. Columns: ``epoch bytes / stored`` (GET response bodies from the release
-to the last rank's exit, and the MB), ``with setup`` (the same from the first process's start),
-``GETs`` (epoch + setup), ``workers open s`` (from the loader's build until its workers have
-opened the lake, the slowest rank's: what a Trainer's sanity check hides; without workers the
-rank's process reads through the handle its setup opened), ``first batch s / units s`` (the
-slowest rank's first batch, from the release, and the time fresh processes, one per rank and
-all at once, take to open the lake and read the read units of their rank's first batch, with
-Deep Lake's async reads: what any reader of those rows waits for while the other ranks read
-theirs; the slowest), ``wall s`` (release to the last rank's last batch),
-``exactly once`` (the ranks' ``batch['index']`` together cover every row once) and rows per
-rank.
+covers every row), calls ``setup("fit")`` and ``train_dataloader()``, waits until the
+loader's workers (started when it is built, as a Trainer builds it before its sanity check)
+have opened the lake, reports ready and waits; once all are ready the counter is read and all
+ranks are released together to read one training epoch of their shard. Columns: ``epoch
+bytes / stored`` (GET response bodies from the release to the last rank's exit, and the MB),
+``with setup`` (the same from the first process's start), ``GETs`` (epoch + setup), ``workers
+open s`` (from the loader's build until its workers have opened the lake, the slowest rank's:
+what a Trainer's sanity check hides; without workers the rank's process reads through the
+handle its setup opened), ``first batch s / units s`` (the slowest rank's first batch, from the
+release, and the time fresh processes, one per rank and all at once, take to open the lake and
+read the read units of their rank's first batch, with Deep Lake's async reads: what any reader
+of those rows waits for while the other ranks read theirs; the slowest), ``wall s`` (release
+to the last rank's last batch), ``exactly once`` (the ranks' ``batch['index']`` together cover
+every row once) and rows per rank.
 
 ``--photo_gb G`` adds one epoch of a local lake of G GB of ~41 KB jpeg photos, read with the
 data module's defaults at ``image_size`` 64 in a fresh process inside a new memory cgroup of
@@ -67,9 +66,8 @@ from fashion_lake.tools.s3 import ForwardingProxy
 BUCKET = "readbench"
 KEY_ENV, SECRET_ENV = "FASHION_LAKE_READBENCH_KEY_ID", "FASHION_LAKE_READBENCH_SECRET"
 COLUMNS = (
-    "lake, W x K, epoch bytes / stored, with setup, GETs, workers open s, first batch s / units s, wall s, "
-    "exactly once, "
-    "rows/rank"
+    "lake, W x K, epoch bytes / stored, with setup, GETs, workers open s, first batch s / units s, "
+    "wall s, exactly once, rows/rank"
 )
 READY_S = 300  # seconds a rank's loader may take to open the lake before the bench gives up
 EPOCHS = 20  # epochs whose reads the order predicts (each permutes the units anew)
@@ -233,8 +231,8 @@ def units_read(lake: Lake, creds: dict[str, str], spans: list[list[list[int]]], 
     read the row spans (whole read units) of that rank's first batch, concurrently with Deep Lake's
     async reads: the least any reader of those rows waits, while the other ranks read theirs
     from the same storage (the slowest rank's)."""
-    args = [lake.url, json.dumps(creds)], "0" if lake.name == "raw" else "1"
-    cmds = [[sys.executable, "-c", _UNITS, *args[0], json.dumps(rank), args[1]] for rank in spans]
+    lake_args, encoded = [lake.url, json.dumps(creds)], "0" if lake.name == "raw" else "1"
+    cmds = [[sys.executable, "-c", _UNITS, *lake_args, json.dumps(mine), encoded] for mine in spans]
     procs = [subprocess.Popen(cmd, stdout=PIPE, stderr=PIPE, text=True, env=env) for cmd in cmds]
     seconds = []
     for proc in procs:
