@@ -308,7 +308,9 @@ class FashionMnistModule(pl.LightningModule):
         self.train_acc(logits, labels)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
-        return loss
+        # DDP averages the ranks' gradients: where ranks' shares of a global batch differ (small
+        # lakes, partitions cut at chunk ends), each weighs by its share, so every row counts alike
+        return loss * batch["rank_share"] if "rank_share" in batch else loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         # Batches may be empty on some ranks (see sampler.eval_batches) or after skipping corrupt

@@ -69,6 +69,21 @@ def _steps(loaders: list[LakeLoader], steps: int | None = None) -> list[list[int
     return out
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_batch_carries_its_ranks_share(lake: str, world: int) -> None:
+    """Among few chunks, partitions cut at chunk ends differ in length, and so do ranks' shares
+    of a global batch: each batch carries its rank's rows over an even share, which the model
+    weighs its loss by."""
+    loaders = [_loader(lake, rank, world, global_batch=64) for rank in range(world)]
+    sizes = set()
+    for batches in zip(*loaders, strict=True):
+        rows = [len(batch["index"]) for batch in batches]
+        shares = [float(batch["rank_share"]) for batch in batches]
+        assert shares == pytest.approx([n * world / sum(rows) for n in rows])
+        sizes.add(tuple(rows))
+    assert any(len(set(rows)) > 1 for rows in sizes), sizes
+
+
 def test_units_are_the_storage_chunks(lake: str) -> None:
     assert chunk_units(LocalLog(Path(lake)), "images").tolist() == np.cumsum([0, *COMMITS]).tolist()
     assert chunk_units(LocalLog(Path(lake)), "labels") is not None
@@ -235,6 +250,10 @@ def test_another_order_is_refused_mid_epoch(lake: str) -> None:
     other = DeepLakeDataModule(train_url=lake, val_url=lake, batch_size=GLOBAL, drop_last=False, seed=9)
     with pytest.raises(CheckpointError, match="no longer applies"):
         other.train_dataloader().load_state_dict(state)
+    # the same settings, saved by code whose order arithmetic gave other batches
+    older = {**state, "order": {**state["order"], "version": state["order"]["version"] - 1}}
+    with pytest.raises(CheckpointError, match="no longer applies"):
+        _loader(lake, 0, 1).load_state_dict(older)
 
 
 def test_persistent_workers_follow_the_epoch_and_a_resume(lake: str) -> None:

@@ -45,6 +45,29 @@ def test_module_steps_and_predicts() -> None:
         FashionMnistModule(num_classes=3, class_names=["a", "b"])
 
 
+# the step is called without a Trainer, whose loop its logging needs: Lightning says so and logs nothing
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`:UserWarning")
+def test_ranks_loss_weighs_every_row_of_the_global_batch_alike() -> None:
+    """Two ranks with 8 and 4 rows of a 12-row global batch: the mean of their gradients (as DDP
+    takes it), each loss weighed by the batch's ``rank_share``, is the whole batch's gradient."""
+    torch.manual_seed(0)
+    module = FashionMnistModule(num_classes=3).eval()  # BatchNorm's running statistics: rows apart
+    images, labels = torch.rand(12, 1, 28, 28), torch.randint(0, 3, (12,))
+
+    def gradients(rows: slice, share: float | None) -> list[torch.Tensor]:
+        batch = {"images": images[rows], "labels": labels[rows], "index": torch.arange(12)[rows]}
+        if share is not None:
+            batch["rank_share"] = torch.tensor(share)
+        module.zero_grad()
+        module.training_step(batch, 0).backward()
+        return [p.grad.clone() for p in module.parameters()]
+
+    whole = gradients(slice(0, 12), None)
+    ranks = [gradients(slice(0, 8), 8 * 2 / 12), gradients(slice(8, 12), 4 * 2 / 12)]
+    for expected, first, second in zip(whole, *ranks, strict=True):
+        torch.testing.assert_close((first + second) / 2, expected)
+
+
 def test_batch_rotation_is_per_sample_and_seeded() -> None:
     images = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
     images[:, :, 13:15, 4:24] = 255  # a horizontal bar

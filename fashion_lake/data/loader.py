@@ -145,6 +145,7 @@ class LakeLoader(DataLoader):
         start = loaded["batches"] if loaded is not None and loaded["epoch"] == self.epoch else 0
         self._consumed = (self.epoch, start)
         plan = self.plan(start)
+        order = self.order() if self.spec is not None else None
         running = getattr(self.dataset.plan, "spec", None)
         if self._iterator is not None and running != getattr(plan, "spec", None):
             if self._fresh:  # workers of another order (a resume adopted its settings)
@@ -163,8 +164,10 @@ class LakeLoader(DataLoader):
                 continue
             for step_parts in zip(*parts, strict=True):
                 # counted before the Trainer sees it: saved mid-step, it is consumed
-                self._consumed = (self._consumed[0], self._consumed[1] + 1)
-                yield join(list(step_parts))
+                step = self._consumed[1]
+                self._consumed = (self._consumed[0], step + 1)
+                batch = join(list(step_parts))
+                yield {**batch, "rank_share": rank_share(order, step, self.dist, len(batch["labels"]))}
 
     def _get_iterator(self, hold: bool = False) -> Any:
         # New workers fork here: new slots first.
@@ -217,6 +220,15 @@ class LakeLoader(DataLoader):
             )
         self.set_epoch(state_dict["epoch"])
         self._loaded = state_dict
+
+
+def rank_share(order: TrainOrder, step: int, dist: DistContext, rows: int) -> torch.Tensor:
+    """This rank's ``rows`` of global batch ``step`` over an even share of the batch (``1``
+    where ranks' shares are equal; partitions cut at unit ends differ in length, and corrupt
+    rows may be skipped). The model weighs its mean loss by it, so that DDP's mean of the ranks'
+    gradients weighs every row of the global batch alike."""
+    total = order.batch_rows(step)
+    return torch.tensor(rows * dist.world_size / total if total else 1.0, dtype=torch.float32)
 
 
 def _take(items: Iterator[Any], count: int) -> list[Any]:

@@ -7,7 +7,8 @@ Lake's chunks, ``units.py``). Each training epoch:
 2. that sequence is cut into ``partitions`` equal parts (canonical partitions, as MosaicML
    streaming's canonical nodes): a unit is split only where a cut falls inside it, and
    neighbouring partitions read such a unit at the same time (odd partitions read their
-   pieces backwards), so the process owning both fetches it once;
+   pieces backwards), so the process owning both fetches it once. Among few units cuts move
+   to unit ends, coarsest first (``TrainOrder.bounds``), so that ranks read whole units;
 3. each partition shuffles its rows within groups of consecutive pieces: 1, 2, 4, ... pieces
    up to ``group_units`` (the first batch waits for one unit per partition, not a group);
 4. global position ``i`` of the epoch is row ``i // P`` of partition ``cycle[i % P]`` (``P``
@@ -15,7 +16,8 @@ Lake's chunks, ``units.py``). Each training epoch:
    the partitions in digit-reversed order (0, 4, 2, 6, 1, 5, 3, 7 for 8), so that any run of
    consecutive positions spreads evenly over aligned blocks of partitions: every rank's share
    of a batch is ``G / W`` rows when ``W`` divides ``G`` (``P`` a power of two, or ``W`` a
-   product of its smallest prime factors), else within a row per partition of it.
+   product of its smallest prime factors), else within a row per partition of it. Partitions
+   that moved cuts made unequal give each batch rows in proportion to their lengths instead.
 
 So the rows of every global batch depend on ``(seed, epoch, units, partitions, group_units,
 G)`` only, never on the number of ranks or workers. Rank ``r`` of ``W`` owns partitions
@@ -47,9 +49,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
-SNAP = 0.2  # a partition boundary this close (of a partition's length) to a unit's end moves there,
+ORDER_VERSION = 2  # raised when the same settings give other batches: older mid-epoch checkpoints are refused
+SNAP = 0.2  # a partition boundary this close (of the ranks' shares it bounds) to a unit's end moves there,
 SNAP_UNITS = 16  # where the epoch has fewer units than this per partition
-UNEVEN_BATCH = 4  # and only for global batches of at least this many rows per partition
+UNEVEN_BATCH = 4  # and only for global batches of at least this many rows per partition,
+SHORTEST = 0.5  # leaving no partition under this share of an even one: each gives a batch 2 rows or more
 
 
 @dataclass(frozen=True)
@@ -258,24 +262,39 @@ class TrainOrder:
     def bounds(self, ends: np.ndarray) -> np.ndarray:
         """Where the partitions start and end in the epoch's unit sequence (``ends``: where each
         unit ends): their shares of the position cycle, except among few units (under
-        ``SNAP_UNITS`` a partition), where a cut within ``SNAP`` of a partition's length of a
-        unit's end moves there, so that no process fetches a whole chunk for a few of its rows.
-        Not for global batches under ``UNEVEN_BATCH`` rows a partition: unequal partitions make a
-        batch a few rows longer or shorter, which small batches cannot spare."""
+        ``SNAP_UNITS`` a partition), where cuts move to unit ends, so that no process fetches a
+        whole chunk for a few of its rows.
+
+        Cuts are placed coarsest first: the one between the halves (it separates ranks at every
+        even world size), then the quarters, and so on, each at its share of the segment that its
+        placed neighbours bound. A cut moves to the nearest unit end within ``SNAP`` of the share
+        of a rank at the fewest ranks it separates, unless that leaves a rank, at any world size,
+        more than ``SNAP`` above an even share or a partition under ``SHORTEST`` of one: the
+        largest share paces every step, while a smaller one only idles (the loader tells the
+        model each rank's share, ``loader.rank_share``, so that the gradient stays the global
+        batch's). Not for global batches under ``UNEVEN_BATCH`` rows a partition, whose
+        partitions of unequal length could not give every batch rows in proportion."""
         n, parts = self.rows, self.partitions
         shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
-        if self.global_batch < UNEVEN_BATCH * parts:  # partitions of unequal length pace batches within
-            return np.array([0, *shares], dtype=np.int64)  # a row each: too coarse for small batches
-        # a cut costs a unit read: worth a partition of unequal length only among few units
-        tolerance = int(SNAP * n / parts) if len(ends) < SNAP_UNITS * parts else 0
-        cuts = [0]
-        for p in range(1, parts):
-            ideal = int(shares[p - 1])
+        even = np.array([0, *shares], dtype=np.int64)
+        # a cut costs a unit read: worth partitions of unequal length only among few units
+        if self.global_batch < UNEVEN_BATCH * parts or len(ends) >= SNAP_UNITS * parts:
+            return even
+        cuts = {0: 0, parts: n}
+        for c in sorted(range(1, parts), key=lambda c: (parts // math.gcd(c, parts), c)):
+            ranks = parts // math.gcd(c, parts)  # the fewest ranks that this cut separates
+            left, right = max(k for k in cuts if k < c), min(k for k in cuts if k > c)
+            a, b = cuts[left], cuts[right]
+            unmoved = (a, b) == (even[left], even[right])
+            ideal = int(even[c]) if unmoved else a + (b - a) * (c - left) // (right - left)
             near = int(np.searchsorted(ends, ideal))
-            snapped = [int(ends[k]) for k in (near - 1, near) if 0 <= k < len(ends)]
-            best = min(snapped, key=lambda end: abs(end - ideal), default=ideal)
-            cuts.append(best if abs(best - ideal) <= tolerance and best > cuts[-1] else ideal)
-        return np.array([*cuts, n], dtype=np.int64)
+            moved = [int(ends[k]) for k in (near - 1, near) if 0 <= k < len(ends) and a < ends[k] < b]
+            best = min(moved, key=lambda end: abs(end - ideal), default=ideal)
+            share = (b - a) / (right - left) * (parts // ranks)  # a rank's, at ``ranks`` ranks
+            sides = ((best - a) / (c - left) * parts / n, (b - best) / (right - c) * parts / n)  # of even
+            fits = max(sides) <= 1 + SNAP and min(sides) >= SHORTEST
+            cuts[c] = best if abs(best - ideal) <= SNAP * share and fits else ideal
+        return np.array([cuts[k] for k in range(parts + 1)], dtype=np.int64)
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -284,18 +303,26 @@ class TrainOrder:
     def taken(self, position: int) -> np.ndarray:
         """Rows of each partition in the epoch's first ``position`` global positions. Positions go
         to the partitions in a digit-reversed cycle, ``slot_of``, so that any run of them spreads
-        evenly over the partitions; a partition that a snapped cut made longer or shorter than its
-        share of that cycle takes its rows in proportion to its length instead, rounded at the
-        same phase."""
+        evenly over the partitions. Where cuts moved to unit ends, the partitions, laid end to end,
+        take the first ``position / rows`` of the epoch instead, each rounded down at its end: the
+        rows of a batch add up to it exactly, and a rank's share stays within a row of its
+        partitions' share of the epoch."""
         length, parts, slot = self.lengths, self.partitions, self.slot_of
-        share = np.minimum(length, np.maximum(0, -(-(position - slot) // parts)))
-        paced = np.minimum(length, (length * position * parts // self.rows + parts - 1 - slot) // parts)
-        return np.where(self._even, share, paced)
+        if self._even:
+            return np.minimum(length, np.maximum(0, -(-(position - slot) // parts)))
+        position = min(position, self.rows)  # Python ints: rows * position may not fit in 64 bits
+        return np.diff([end * position // self.rows for end in self._ends])
 
     @cached_property
-    def _even(self) -> np.ndarray:
-        """Whether each partition holds exactly its share of the position cycle."""
-        return self.lengths == (self.rows - self.slot_of + self.partitions - 1) // self.partitions
+    def _ends(self) -> list[int]:
+        """Where each partition ends in the epoch, partitions laid end to end (0 first)."""
+        return [0, *np.cumsum(self.lengths).tolist()]
+
+    @cached_property
+    def _even(self) -> bool:
+        """Whether every partition holds exactly its share of the position cycle."""
+        shares = (self.rows - self.slot_of + self.partitions - 1) // self.partitions
+        return bool(np.all(self.lengths == shares))
 
     def readers(self, owned: range, workers: int, split: bool) -> Readers:
         """Which of ``workers`` reads each row of the ``owned`` partitions (see ``Readers``).
@@ -364,6 +391,11 @@ class TrainOrder:
         stop = self.lengths if last else self.taken((step + 1) * self.global_batch)
         return self.taken(step * self.global_batch), stop
 
+    def batch_rows(self, step: int) -> int:
+        """Rows in global batch ``step`` (its ``spans`` over every partition, added up)."""
+        start, last = step * self.global_batch, step == self.steps - 1 and not self.drop_last
+        return (self.rows if last else min(start + self.global_batch, self.rows)) - start
+
     def batch(self, step: int, partitions: range) -> tuple[np.ndarray, np.ndarray]:
         """(global positions, storage rows) of ``partitions``' share of batch ``step``, by position."""
         positions, rows, _ = self.batches(step, step + 1, partitions)
@@ -389,6 +421,7 @@ class TrainOrder:
     def key(self) -> dict[str, int | bool]:
         """What the order depends on besides the epoch: a mid-epoch resume must find it unchanged."""
         return {
+            "version": ORDER_VERSION,
             "rows": self.rows,
             "units": len(self.unit_starts) - 1,
             "global_batch": self.global_batch,

@@ -5,8 +5,8 @@
 From the raw lake at ``--url`` (our ingest: uncompressed uint8) the benchmark writes png and
 jpeg copies of the same rows with plain ``deeplake`` (``types.Image(sample_compression=...)``
 and ``ClassLabel``, as a user would), then times, each for one warm-up and ``--epochs`` epochs
-(median samples/s of what each loader yields; memory is sampled in the warm-up and in one
-more epoch after the timed ones, never while timing):
+or more, 3 s of them at least (median samples/s of what each loader yields; memory is sampled
+in the warm-up and in one more epoch after the timed ones, never while timing):
 
 1. an in-memory ``TensorDataset`` (the baseline), 2. the naive ``ds.pytorch()`` loader,
 3. the data module on the raw lake, 4. the same plus the float conversion, normalisation and
@@ -66,6 +66,7 @@ from fashion_lake.lake import open_lake
 from fashion_lake.tools.plain import write_plain_lake
 
 CODECS = ("png", "jpeg")
+MIN_TIMED_S = 3.0  # each loader's timed epochs last at least this long together
 
 
 def rollup_bytes(pids: Iterable[int], fields: tuple[str, ...] = ("Pss",)) -> dict[str, int]:
@@ -107,10 +108,12 @@ def time_epochs(
     max_batches: int | None = None,
     set_epoch: Callable[[int], None] | None = None,
 ) -> tuple[float, int, int]:
-    """Median samples/s over ``epochs`` timed epochs after one warm-up, and peak PSS growth in
-    bytes (main process and workers) during the warm-up epoch (opening the dataset, starting
-    workers, filling caches) and during one more epoch after the timed ones (relative to the
-    end of the warm-up: it includes whatever the timed epochs kept).
+    """Median samples/s over ``epochs`` timed epochs after one warm-up, or as many more as fill
+    ``MIN_TIMED_S`` (a loader whose epoch takes a fraction of a second is otherwise timed in a
+    window that a burst of other work on the machine fills), and peak PSS growth in bytes (main
+    process and workers) during the warm-up epoch (opening the dataset, starting workers,
+    filling caches) and during one more epoch after the timed ones (relative to the end of the
+    warm-up: it includes whatever the timed epochs kept).
 
     Memory is sampled every 0.25 s, and never during the timed epochs: reading PSS costs ~4 ms
     a process, which on 2 cores took ~5% from the loaders with workers (and nothing from the
@@ -118,25 +121,32 @@ def time_epochs(
     """
     me = os.getpid()
     base = pss_bytes([me, *_children(me)])
-    peaks, rates = [base, 0], []
-    warm = base
-    for epoch in tqdm(range(epochs + 2), desc=name, unit="epoch", leave=False):
-        timed = 0 < epoch <= epochs  # epoch 0 warms caches, workers and allocators; the last samples memory
+    peaks = [base, 0]  # during the warm-up; during the epoch after the timed ones
+
+    def one_epoch(epoch: int, sample: int | None) -> float:
+        """Samples/s of one epoch; ``sample``: where to keep its PSS peak (None: time it)."""
         if set_epoch is not None:
             set_epoch(epoch)
         seen, start = 0, time.perf_counter()
         sampled = start
         for i, batch in enumerate(loader):
             seen += len(consume(batch))
-            if not timed and (i == 0 or time.perf_counter() - sampled >= 0.25):
-                peaks[bool(epoch)] = max(peaks[bool(epoch)], pss_bytes([me, *_children(me)]))
+            if sample is not None and (i == 0 or time.perf_counter() - sampled >= 0.25):
+                peaks[sample] = max(peaks[sample], pss_bytes([me, *_children(me)]))
                 sampled = time.perf_counter()
             if max_batches is not None and i + 1 >= max_batches:
                 break
-        if timed:
-            rates.append(seen / (time.perf_counter() - start))
-        elif not epoch:
-            warm = pss_bytes([me, *_children(me)])
+        return seen / (time.perf_counter() - start)
+
+    one_epoch(0, sample=0)  # warms caches, workers and allocators
+    warm = pss_bytes([me, *_children(me)])
+    rates: list[float] = []
+    began = time.perf_counter()
+    with tqdm(desc=name, unit="epoch", leave=False) as bar:
+        while len(rates) < epochs or time.perf_counter() - began < MIN_TIMED_S:
+            rates.append(one_epoch(len(rates) + 1, sample=None))
+            bar.update()
+    one_epoch(len(rates) + 1, sample=1)
     return statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0)
 
 
@@ -429,7 +439,8 @@ def main(
     for n, other in enumerate(compare or []):
         run_module(f"{10 + n} DeepLakeDataModule {other}", module(other))
 
-    print(f"\n{rows} rows from {url}, batch {batch_size}, median of {epochs} epochs after a warm-up")
+    print(f"\n{rows} rows from {url}, batch {batch_size}, median of {epochs} or more epochs (3 s at least) "
+          "after a warm-up")  # fmt: skip
     width = max(36, *(len(name) + 2 for name in results))
     header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'epoch after':>15}"
     print(f"{'loader':<{width}}{header}")

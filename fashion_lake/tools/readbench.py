@@ -191,7 +191,9 @@ def run_rank(spec_json: str) -> None:
     spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
     epochs = range(EPOCHS if spec["rank"] == 0 else 0)  # the same for every rank: rank 0 says it
     touched = [touched_rows(loader.order_of(epoch), spec["world"]) for epoch in epochs]
-    print(json.dumps({"spans": spans, "opened": opened, "touched": touched}), file=protocol, flush=True)
+    largest = [largest_share(loader.order_of(epoch), spec["world"]) for epoch in epochs]
+    ready = {"spans": spans, "opened": opened, "touched": touched, "largest": largest}
+    print(json.dumps(ready), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
         return
     start, first, seen = time.perf_counter(), None, [np.empty(0, np.int64)]
@@ -209,6 +211,13 @@ def touched_rows(order: Any, world: int) -> float:
     sizes = np.diff(order.unit_starts)
     ranks = [order.readers(order.owned_by(rank, world), 1, split=False) for rank in range(world)]
     return sum(int(sizes[readers.dealt >= 0].sum()) for readers in ranks) / order.rows
+
+
+def largest_share(order: Any, world: int) -> float:
+    """The largest of ``world`` ranks' rows in ``order``'s epoch over an even share: every step
+    waits for the rank with the most rows."""
+    rows = [int(order.lengths[order.owned_by(rank, world)].sum()) for rank in range(world)]
+    return max(rows) * world / order.rows
 
 
 _UNITS = """
@@ -262,6 +271,7 @@ class Run:
     first_batch: float  # seconds, the slowest rank's
     first_units: float  # seconds for fresh processes to open the lake and read each rank's first units
     touched: list[float]  # the reads / stored that the order predicts for epochs 0, 1, ... (``touched_rows``)
+    largest: list[float]  # the largest rank share in those epochs (``largest_share``)
     wall: float
     rows: list[int]  # per rank
     exactly_once: bool
@@ -350,8 +360,8 @@ def measure(
     once = bool(np.array_equal(seen, np.arange(lake.rows)))
     rows = [report["rows"] for report in reports]
     opened = max(line["opened"] for line in ready_lines)
-    touched = ready_lines[0]["touched"]
-    return Run(lake, world, workers, epoch, total, opened, first, units, touched, wall, rows, once)
+    touched, largest = ready_lines[0]["touched"], ready_lines[0]["largest"]
+    return Run(lake, world, workers, epoch, total, opened, first, units, touched, largest, wall, rows, once)
 
 
 # ------------------------------------------------------------------ a photo epoch under a memory cap
@@ -632,12 +642,14 @@ def main(argv: list[str] | None = None) -> list[Run]:
     print("\nshuffle (label entropy of a global batch / a uniform shuffle's, units per batch):")
     print(shuffle_quality(60_000, 10, 10_204))
     print(shuffle_quality(1_281_167, 1000, 61))
-    print(f"\nreads / stored that the order predicts for epochs 0-{EPOCHS - 1} (rows of the units each rank "
-          "touches; mean, min-max):")  # fmt: skip
+    print(f"\nwhat the order predicts for epochs 0-{EPOCHS - 1} (mean, min-max): reads / stored (rows of the "
+          "units each rank touches), and the largest rank's rows over an even share:")  # fmt: skip
     for run in runs:
         if run.workers == min(r.workers for r in runs if r.lake is run.lake and r.world == run.world):
-            low, high = min(run.touched), max(run.touched)
-            print(f"  {run.lake.name} {run.world} ranks: {np.mean(run.touched):.2f}, {low:.2f}-{high:.2f}")
+            reads, largest = (
+                f"{np.mean(v):.2f}, {min(v):.2f}-{max(v):.2f}" for v in (run.touched, run.largest)
+            )
+            print(f"  {run.lake.name} {run.world} ranks: reads {reads}; largest share {largest}")
     print("\nreads: " + ", ".join(f"{run.name}={run.epoch[1] / run.lake.stored:.2f}" for run in runs))
     return runs
 
