@@ -175,7 +175,9 @@ class Reports(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # the rank's mean loss where the module returns it apart from the loss it optimises
+        # (FashionMnistModule weighs that by the rank's share of the global batch)
+        loss = outputs.get("train_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         self._train_losses.append(float(loss))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

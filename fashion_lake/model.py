@@ -297,20 +297,21 @@ class FashionMnistModule(pl.LightningModule):
             self.log(f"{stage}_skipped_rows", skipped, reduce_fx="sum", on_step=False, on_epoch=True,
                      batch_size=1, sync_dist=True)  # fmt: skip
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         self._count_skipped(batch, "train")
         images, labels = batch["images"], batch["labels"].long()
         self.input_shape = tuple(images.shape[1:])
         logits = self(images)
         if not len(labels):  # every row skipped as corrupt: a zero loss keeps DDP's gradients in step
-            return logits.sum() * 0.0
+            return {"loss": logits.sum() * 0.0}
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, labels)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         # DDP averages the ranks' gradients: where ranks' shares of a global batch differ (small
         # lakes, partitions cut at chunk ends), each weighs by its share, so every row counts alike
-        return loss * batch["rank_share"] if "rank_share" in batch else loss
+        weighted = loss * batch["rank_share"] if "rank_share" in batch else loss
+        return {"loss": weighted, "train_loss": loss.detach()}  # the rank's mean, for reports
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         # Batches may be empty on some ranks (see sampler.eval_batches) or after skipping corrupt

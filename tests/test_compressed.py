@@ -156,6 +156,19 @@ def test_corrupt_jpeg_row_is_named_or_skipped(corrupt_jpeg_lake: str, decode: st
     assert batch["index"].tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11] and int(batch["skipped"]) == 1
 
 
+def test_a_row_skipped_in_device_decoding_leaves_the_ranks_share_of_the_rest(corrupt_jpeg_lake: str) -> None:
+    """A training batch that falls back to decoding on the host and skips a corrupt row keeps
+    its other keys, and its ``rank_share`` counts the rows kept."""
+    lakes = {"train": corrupt_jpeg_lake, "test": corrupt_jpeg_lake}
+    dm = _module(lakes, batch_size=12, num_workers=0, decode="device", skip_corrupt=True)
+    dm.setup("fit")
+    encoded = next(iter(dm.train_dataloader()))
+    assert float(encoded["rank_share"]) == 1.0
+    batch = dm.datasets["train"].decode_batch(encoded, torch.device("cpu"))
+    assert len(batch["index"]) == 11 and int(batch["skipped"]) == 1
+    assert float(batch["rank_share"]) == pytest.approx(11 / 12)
+
+
 @pytest.mark.parametrize("codec", ["png", "jpeg"])
 def test_fast_decoders_equal_the_torchvision_fallback(
     codec: str, codec_lakes: dict, monkeypatch: pytest.MonkeyPatch

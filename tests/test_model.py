@@ -59,7 +59,7 @@ def test_ranks_loss_weighs_every_row_of_the_global_batch_alike() -> None:
         if share is not None:
             batch["rank_share"] = torch.tensor(share)
         module.zero_grad()
-        module.training_step(batch, 0).backward()
+        module.training_step(batch, 0)["loss"].backward()
         return [p.grad.clone() for p in module.parameters()]
 
     whole = gradients(slice(0, 12), None)

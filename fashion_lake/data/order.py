@@ -53,7 +53,7 @@ ORDER_VERSION = 2  # raised when the same settings give other batches: older mid
 SNAP = 0.2  # a partition boundary this close (of the ranks' shares it bounds) to a unit's end moves there,
 SNAP_UNITS = 16  # where the epoch has fewer units than this per partition
 UNEVEN_BATCH = 4  # and only for global batches of at least this many rows per partition,
-SHORTEST = 0.5  # leaving no partition under this share of an even one: each gives a batch 2 rows or more
+SHORTEST = 0.5  # leaving no partition under this share of an even one: each gives a batch a row or more
 
 
 @dataclass(frozen=True)
@@ -272,13 +272,13 @@ class TrainOrder:
         more than ``SNAP`` above an even share or a partition under ``SHORTEST`` of one: the
         largest share paces every step, while a smaller one only idles (the loader tells the
         model each rank's share, ``loader.rank_share``, so that the gradient stays the global
-        batch's). Not for global batches under ``UNEVEN_BATCH`` rows a partition, whose
-        partitions of unequal length could not give every batch rows in proportion."""
+        batch's). Not for global batches (nor epochs) under ``UNEVEN_BATCH`` rows a partition,
+        whose partitions of unequal length could not give every batch rows in proportion."""
         n, parts = self.rows, self.partitions
         shares = np.cumsum([(n - int(slot) + parts - 1) // parts for slot in self.slot_of])  # of the cycle
         even = np.array([0, *shares], dtype=np.int64)
         # a cut costs a unit read: worth partitions of unequal length only among few units
-        if self.global_batch < UNEVEN_BATCH * parts or len(ends) >= SNAP_UNITS * parts:
+        if min(self.global_batch, n) < UNEVEN_BATCH * parts or len(ends) >= SNAP_UNITS * parts:
             return even
         cuts = {0: 0, parts: n}
         for c in sorted(range(1, parts), key=lambda c: (parts // math.gcd(c, parts), c)):
@@ -305,8 +305,8 @@ class TrainOrder:
         to the partitions in a digit-reversed cycle, ``slot_of``, so that any run of them spreads
         evenly over the partitions. Where cuts moved to unit ends, the partitions, laid end to end,
         take the first ``position / rows`` of the epoch instead, each rounded down at its end: the
-        rows of a batch add up to it exactly, and a rank's share stays within a row of its
-        partitions' share of the epoch."""
+        rows of a batch add up to it exactly, and a rank's (or partition's) rows so far stay within
+        a row of its share of the epoch, its rows of one batch within two."""
         length, parts, slot = self.lengths, self.partitions, self.slot_of
         if self._even:
             return np.minimum(length, np.maximum(0, -(-(position - slot) // parts)))

@@ -415,7 +415,12 @@ class LakeDataset(IterableDataset):
             encoded = [part.numpy().tobytes() for part in unpack(flat, lengths)]
             images = self._decode(encoded, labels, view.numpy())
             part = self._skip({"images": _chw(images), "labels": labels, "index": rows})
-            return {key: torch.from_numpy(np.asarray(value)) for key, value in part.items()}
+            out = {**batch, **{key: torch.from_numpy(np.asarray(value)) for key, value in part.items()}}
+            if "skipped" in part and "skipped" in batch:  # rows the workers skipped, and these
+                out["skipped"] = batch["skipped"] + out["skipped"]
+            if "rank_share" in batch and len(labels):  # of the rows kept
+                out["rank_share"] = batch["rank_share"] * (len(part["labels"]) / len(labels))
+            return out
 
     def _cropped(self, images: np.ndarray, rows: np.ndarray, epoch: int) -> list[np.ndarray | None]:
         """Each row decoded (or taken as it is), cropped and resized to the output size."""
