@@ -190,8 +190,9 @@ def run_rank(spec_json: str) -> None:
     units = np.unique(np.searchsorted(starts, rows, side="right") - 1).tolist()
     spans = [(int(starts[u]), int(starts[u + 1])) for u in units]  # what the first batch must read
     epochs = range(EPOCHS if spec["rank"] == 0 else 0)  # the same for every rank: rank 0 says it
-    touched = [touched_rows(loader.order_of(epoch), spec["world"]) for epoch in epochs]
-    largest = [largest_share(loader.order_of(epoch), spec["world"]) for epoch in epochs]
+    orders = [loader.order_of(epoch) for epoch in epochs]
+    touched = [touched_rows(order, spec["world"]) for order in orders]
+    largest = [largest_share(order, spec["world"]) for order in orders]
     ready = {"spans": spans, "opened": opened, "touched": touched, "largest": largest}
     print(json.dumps(ready), file=protocol, flush=True)
     if not sys.stdin.readline():  # the bench is gone
