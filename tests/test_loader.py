@@ -3,6 +3,7 @@ by one process, and positions that resume anywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import multiprocessing
 import time
@@ -15,6 +16,7 @@ import pytest
 from conftest import global_batches
 
 from fashion_lake import DeepLakeDataModule
+from fashion_lake.data import reader
 from fashion_lake.data.loader import LakeLoader
 from fashion_lake.data.order import DistContext
 from fashion_lake.data.reader import LakeDataset
@@ -25,11 +27,9 @@ COMMITS = [40, 43, 40, 40, 40]  # rows per commit: each commit closes a storage 
 ROWS, EPOCH, GLOBAL = sum(COMMITS), 2, 16
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("units") / "lake")
+def _write_lake(url: str, compression: str) -> str:
     ds = deeplake.create(url)
-    ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression="null"))
+    ds.add_column("images", deeplake.types.Image(dtype="uint8", sample_compression=compression))
     ds.add_column("labels", deeplake.types.ClassLabel("int32"))
     ds["labels"].metadata["class_names"] = ["a", "b", "c"]
     start = 0
@@ -40,6 +40,17 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
         ds.commit()
         start += rows
     return url
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _write_lake(str(tmp_path_factory.mktemp("units") / "lake"), "null")
+
+
+@pytest.fixture(scope="module")
+def png_lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same rows as ``lake``, png-compressed: decoded by the process that reads them."""
+    return _write_lake(str(tmp_path_factory.mktemp("units") / "png"), "png")
 
 
 def _loader(
@@ -164,6 +175,46 @@ def test_local_workers_read_each_row_once(lake: str, monkeypatch: pytest.MonkeyP
     _steps([_loader(lake, rank, 2, 2) for rank in range(2)])
     assert list(rows) == [1] * ROWS
     assert sum(units) > len(COMMITS)  # units shared by the workers of a rank
+
+
+def test_rows_are_decoded_as_their_units_arrive(png_lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batch draws on several units, one of which is still in flight: the rows of
+    those already read are decoded before the reader waits for it, and the batches stay the same."""
+    expected = _steps([_loader(png_lake, 0, 1)])
+    decoded: list[int] = []  # rows of each decoding call so far
+    decode = reader.decode_into
+
+    def counted(encoded: Any, codec: str, out: np.ndarray) -> list[int]:
+        decoded.append(len(encoded))
+        return decode(encoded, codec, out)
+
+    class InFlight:
+        """A read that is in once other rows have been decoded; waited on before, it fails the test."""
+
+        def __init__(self, future: Any) -> None:
+            self.future, self.after = future, len(decoded)
+
+        def is_completed(self) -> bool:
+            return len(decoded) > self.after and self.future.is_completed()
+
+        def result(self) -> Any:
+            assert len(decoded) > self.after, "waited on a read in flight, rows already read not decoded"
+            return self.future.result()
+
+    late: list[int] = []
+    start = LakeDataset._start_read
+
+    def one_late(self: LakeDataset, which: list[int], spans: list[tuple[int, int]] | None = None) -> list:
+        pending = start(self, which, spans)
+        if not late and len(which) > 1:  # the first batch's reads: its last unit comes in last
+            late.append(which[-1])
+            pending[-1] = dataclasses.replace(pending[-1], images=InFlight(pending[-1].images))
+        return pending
+
+    monkeypatch.setattr(reader, "decode_into", counted)
+    monkeypatch.setattr(LakeDataset, "_start_read", one_late)
+    assert _steps([_loader(png_lake, 0, 1)]) == expected
+    assert late, "the first batch drew on one unit: nothing to overlap"
 
 
 def test_without_workers_the_lake_is_not_opened_again(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:

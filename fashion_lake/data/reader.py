@@ -29,6 +29,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ from fashion_lake.errors import DatasetError
 from fashion_lake.lake import LakeSource, is_local, storage_errors
 
 CORRUPT = -1  # the label given to a corrupt row that is to be skipped
+POLL_S = 0.002  # how often a process waiting on several reads looks which are in
 Block = tuple[np.ndarray, np.ndarray]  # rows' images (pixels, or encoded bytes as objects) and labels
 Span = tuple[int, int]  # rows [a, b) of a unit
 READ_HINT = (
@@ -69,6 +71,9 @@ class Pending:
     images: Any
     labels: Any
     start: int
+
+    def done(self) -> bool:
+        return bool(self.images.is_completed() and self.labels.is_completed())
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,7 @@ class LakeDataset(IterableDataset):
             # this item's units, then its decoding, then the reads ahead: reads ahead would share
             # the bandwidth and the cores that this item (the first batch, at an epoch's start) waits on
             self._hold(wanted, held, span, now)
-            part = self._part(rows, *self._gather(rows, units, held), order.epoch, positions, skip=False)
+            part = self._arrived(rows, units, held, order.epoch, positions)
             self._hold(wanted, held, span)
             yield self._steps(part, step_of, stop - first, plan.group > 1)
 
@@ -313,6 +318,37 @@ class LakeDataset(IterableDataset):
         missing = sorted(u for u in (wanted if only is None else only) if u not in held)
         if missing:
             held.update(zip(missing, self._start_read(missing, [span(u) for u in missing]), strict=True))
+
+    def _arrived(
+        self,
+        rows: np.ndarray,
+        units: np.ndarray,
+        held: dict[int, Held | Pending],
+        epoch: int,
+        positions: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """The part of ``rows`` (in ``units``) with corrupt rows labelled, as ``_part``; where rows
+        are decoded here, each unit's rows as soon as its read is in, so that decoding overlaps
+        the reads still in flight (the first batch of an epoch, a batch that outruns reads ahead)."""
+        waiting = set(np.unique(units).tolist())
+        decoded_here = self.crops is not None or (self.info.codec is not None and not self.decode_on_device)
+        if not decoded_here or len(waiting) < 2:
+            return self._part(rows, *self._gather(rows, units, held), epoch, positions, skip=False)
+        parts, where = [], []
+        while waiting:
+            ready = sorted(u for u in waiting if not isinstance(held.get(u), Pending) or held[u].done())
+            if not ready:
+                time.sleep(POLL_S)
+                continue
+            at = np.flatnonzero(np.isin(units, ready))
+            block = self._gather(rows[at], units[at], held)
+            parts.append(self._part(rows[at], *block, epoch, positions[at], skip=False))
+            where.append(at)
+            waiting.difference_update(ready)
+        if len(parts) == 1:
+            return parts[0]
+        back = np.argsort(np.concatenate(where))  # the rows' order again
+        return {key: np.concatenate([part[key] for part in parts])[back] for key in parts[0]}
 
     def _gather(self, rows: np.ndarray, units: np.ndarray, held: dict[int, Held | Pending]) -> Block:
         """The images and labels of ``rows`` (in units ``units``), waiting for reads in flight."""
