@@ -1,7 +1,7 @@
 """Scale benchmark: bytes an epoch reads from S3 per world size and worker count, the memory of a
 photo epoch under a cap, time to the first batch, and the epoch order's memory and shuffle.
 
-    python -m fashion_lake.tools.readbench --grid 1x0,1x2,2x2,4x1,8x1 [--photos N] [--latency_ms MS]
+    python -m fashion_lake.tools.readbench [--grid 1x0,1x2,2x2,4x1,8x1] [--photos N] [--latency_ms MS]
         [--photo_gb 1.6 --cap 1.5GiB] [--rows N]
 
 A ``moto_server`` on loopback plays S3, behind a byte-counting reverse proxy (``CountingProxy``,
@@ -11,7 +11,8 @@ png-compressed, one append and one commit), ``raw`` (the same rows as an uncompr
 array column) and, with ``--photos N``, ``jpeg`` (N synthetic 256x256 RGB photos, read at
 ``image_size=64``). Stored bytes are the sizes of the objects under each lake's prefix.
 
-For each lake and each ``W x K`` of the grid (W processes, K loader workers each) every rank
+For each lake and each ``W x K`` of the grid (W processes, K loader workers each; by default
+W = 1, 2, 4, 8 with K = 0, 2, 4, and 4 x 1 and 8 x 1) every rank
 is a fresh process (with cores / W torch threads, as Lightning's launchers give it) that
 builds a ``DeepLakeDataModule`` through its public API only (``dm.dist = DistContext(rank,
 W)``, global batch ``--global_batch`` over the W ranks, ``drop_last=False`` so that an epoch
@@ -71,7 +72,9 @@ COLUMNS = (
 )
 READY_S = 300  # seconds a rank's loader may take to open the lake before the bench gives up
 EPOCHS = 20  # epochs whose reads the order predicts (each permutes the units anew)
-DEFAULT_GRID = [(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)]
+# world sizes 1, 2, 4 and 8 with 0, 2 and 4 workers a rank, and 4 x 1 and 8 x 1 (one reading
+# process a rank, as without workers, but in a worker)
+DEFAULT_GRID = sorted([(w, k) for w in (1, 2, 4, 8) for k in (0, 2, 4)] + [(4, 1), (8, 1)])
 # One rank in a fresh process; protocol lines go to the real stdout, everything else to stderr.
 _RANK = "import sys; from fashion_lake.tools.readbench import run_rank; run_rank(sys.argv[1])"
 
