@@ -18,9 +18,15 @@ many workers as the png row, so that their memory is comparable. The two per-row
 timed on their first ``--slow_batches`` batches per epoch (a rate, so comparable). Memory is PSS (shared pages
 split between the processes that map them), so the main process and its workers add up.
 
+A shared machine's speed drifts within a run, so the data module's rows 3, 6 and 7 (and
+``--compare``'s) are compared with the in-memory loader timed right before and right after
+them, 3 s of epochs each (``memory beside``: the mean of the two medians), not with row 1,
+timed a minute apart.
+
 The last line holds the ratios the project tracks: ``raw_vs_memory``, ``raw_vs_naive``,
-``aug_vs_seed``, ``png_vs_memory`` / ``jpeg_vs_memory`` and ``png_vs_decode`` /
-``jpeg_vs_decode`` (the data module against the decode-only bound).
+``aug_vs_seed``, ``png_vs_memory`` / ``jpeg_vs_memory`` (each against the in-memory loader
+beside it) and ``png_vs_decode`` / ``jpeg_vs_decode`` (the data module against the
+decode-only bound).
 
     python -m fashion_lake.tools.bench --ingest 1000
 
@@ -100,6 +106,27 @@ def _tree(pid: int) -> list[int]:
     return [pid, *(p for child in _children(pid) for p in _tree(child))]
 
 
+class Timing(NamedTuple):
+    rate: float  # median samples/s of the timed epochs
+    warmup: int  # peak PSS growth in bytes during the warm-up epoch
+    after: int  # the same during an epoch after the timed ones
+    beside: float | None = None  # the in-memory loader's samples/s, timed right before and after it
+
+
+def memory_rate(loader: Iterable, epochs: int) -> float:
+    """Median samples/s of the in-memory loader's epochs, ``epochs`` or more, ``MIN_TIMED_S`` at
+    least (no warm-up, no memory sampling: it is timed again beside other loaders)."""
+    rates: list[float] = []
+    timed = 0.0
+    while len(rates) < epochs or timed < MIN_TIMED_S:
+        seen, start = 0, time.perf_counter()
+        for images, _ in loader:
+            seen += len(images)
+        rates.append(seen / (time.perf_counter() - start))
+        timed += time.perf_counter() - start
+    return statistics.median(rates)
+
+
 def time_epochs(
     name: str,
     loader: Iterable,
@@ -107,7 +134,7 @@ def time_epochs(
     consume: Callable[[dict], torch.Tensor],
     max_batches: int | None = None,
     set_epoch: Callable[[int], None] | None = None,
-) -> tuple[float, int, int]:
+) -> Timing:
     """Median samples/s over ``epochs`` timed epochs after one warm-up, or as many more as fill
     ``MIN_TIMED_S`` (a loader whose epoch takes a fraction of a second is otherwise timed in a
     window that a burst of other work on the machine fills), and peak PSS growth in bytes (main
@@ -147,7 +174,7 @@ def time_epochs(
             rates.append(one_epoch(len(rates) + 1, sample=None))
             bar.update()
     one_epoch(len(rates) + 1, sample=1)
-    return statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0)
+    return Timing(statistics.median(rates), peaks[0] - base, max(peaks[1] - warm, 0))
 
 
 def _row_key(name: str) -> tuple[int, str]:
@@ -169,7 +196,7 @@ def _decode_share(args: tuple[int, int, str, tuple[int, int, int]]) -> int:
 
 def decode_bound(
     encoded: list[bytes], codec: str, shape: tuple[int, int, int], epochs: int, processes: int
-) -> tuple[float, int, int]:
+) -> Timing:
     """Samples/s decoding ``encoded`` (in memory, ``(H, W, C)`` images) in batches of 256 on
     ``processes`` forked processes, with the decoder the data module uses."""
     global _ENCODED
@@ -184,7 +211,7 @@ def decode_bound(
             rows = sum(pool.map(_decode_share, work))
             rates.append(rows / (time.perf_counter() - start))
     _ENCODED = []
-    return statistics.median(rates), 0, 0
+    return Timing(statistics.median(rates), 0, 0)
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -373,7 +400,7 @@ def main(
     if epochs < 1 or slow_batches < 1:
         raise ConfigError(f"--epochs and --slow_batches must be 1 or more, not {epochs} and {slow_batches}.")
     torch.manual_seed(seed)
-    results: dict[str, tuple[float, int, int]] = {}
+    results: dict[str, Timing] = {}
     workers: dict[str, int] = {}
 
     def module(lake: str, workers: int | None = num_workers) -> DeepLakeDataModule:
@@ -385,9 +412,14 @@ def main(
         dm.setup("fit")
         return dm
 
-    def run_module(name: str, dm: DeepLakeDataModule, rotation: float | None = None) -> None:
+    def run_module(
+        name: str, dm: DeepLakeDataModule, rotation: float | None = None, beside: DataLoader | None = None
+    ) -> None:
         """Time what the loader yields (uint8 batches), or with ``rotation`` also the float
-        conversion, normalisation and rotation that run on the device in training."""
+        conversion, normalisation and rotation that run on the device in training; with
+        ``beside`` (the in-memory loader) that loader too, right before and right after (before
+        the workers start and once they have ended: their memory is not the baseline's)."""
+        before = memory_rate(beside, epochs) if beside is not None else None
         loader = dm.train_dataloader()
         consume = lambda b: b["images"]  # noqa: E731
         if rotation is not None:
@@ -399,12 +431,11 @@ def main(
         del loader, consume, set_epoch
         dm._train_loader = None  # the module holds the loader too
         gc.collect()  # its persistent workers end here, before the next loader is timed
+        if beside is not None and before is not None:  # (both or neither)
+            results[name] = results[name]._replace(beside=(before + memory_rate(beside, epochs)) / 2)
 
     dm = module(url)
     rows, class_names = len(dm.datasets["train"]), dm.class_names
-    run_module("3 DeepLakeDataModule raw", dm)
-    run_module("4 DeepLakeDataModule raw, rotate", dm, rotation=20.0)
-
     ds = open_lake(url)
     hwc = np.asarray(ds["images"][0:rows])
     labels = np.asarray(ds["labels"][0:rows]).astype(np.uint32)
@@ -412,7 +443,8 @@ def main(
     memory = DataLoader(TensorDataset(images, torch.from_numpy(labels.astype(np.int64))),
                         batch_size=batch_size, shuffle=True)  # fmt: skip
     results["1 in-memory TensorDataset"] = time_epochs("memory", memory, epochs, lambda b: b[0])
-    del memory, images
+    run_module("3 DeepLakeDataModule raw", dm, beside=memory)
+    run_module("4 DeepLakeDataModule raw, rotate", dm, rotation=20.0)
 
     naive = DataLoader(ds.pytorch(), batch_size=batch_size, shuffle=True)
     results["2 naive ds.pytorch()"] = time_epochs("naive", naive, epochs, lambda b: b["images"], slow_batches)
@@ -428,7 +460,7 @@ def main(
         for n, codec in enumerate(CODECS):
             lake = str(Path(tmp) / f"{Path(url).name}-{codec}")
             write_plain_lake(lake, hwc, labels, codec, class_names)
-            run_module(f"{6 + n} DeepLakeDataModule {codec}", module(lake))
+            run_module(f"{6 + n} DeepLakeDataModule {codec}", module(lake), beside=memory)
             copy = open_lake(lake)  # held: Deep Lake's bytes live as long as their dataset
             encoded = list(copy["images"].get_bytes(slice(0, rows)))
             bound = f"{8 + n} decode-only bound {codec}"
@@ -437,28 +469,37 @@ def main(
     png_workers = workers["6 DeepLakeDataModule png"]  # the raw lake with as many: memory comparable
     run_module(f"3w DeepLakeDataModule raw, {png_workers} workers", module(url, png_workers))
     for n, other in enumerate(compare or []):
-        run_module(f"{10 + n} DeepLakeDataModule {other}", module(other))
+        run_module(f"{10 + n} DeepLakeDataModule {other}", module(other), beside=memory)
+    del memory, images
 
     print(f"\n{rows} rows from {url}, batch {batch_size}, median of {epochs} or more epochs (3 s at least) "
           "after a warm-up")  # fmt: skip
     width = max(36, *(len(name) + 2 for name in results))
-    header = f"{'workers':>8}{'samples/s':>12}{'PSS growth: warm-up':>22}{'epoch after':>15}"
-    print(f"{'loader':<{width}}{header}")
+    header = f"{'workers':>8}{'samples/s':>12}{'memory beside':>15}"
+    print(f"{'loader':<{width}}{header}{'PSS growth: warm-up':>22}{'epoch after':>15}")
     for name in sorted(results, key=_row_key):
-        rate, first, steady = results[name]
-        growth = f"{first / 2**20:>19.1f} MB{steady / 2**20:>12.1f} MB"
-        print(f"{name:<{width}}{workers.get(name, 0):>8}{rate:>12,.0f}{growth}")
-    rate = {name.split()[0]: value[0] for name, value in results.items()}
+        timing = results[name]
+        beside = f"{timing.beside:>15,.0f}" if timing.beside is not None else f"{'':>15}"
+        growth = f"{timing.warmup / 2**20:>19.1f} MB{timing.after / 2**20:>12.1f} MB"
+        print(f"{name:<{width}}{workers.get(name, 0):>8}{timing.rate:>12,.0f}{beside}{growth}")
+    key = {name.split()[0]: timing for name, timing in results.items()}
+    rate = {n: timing.rate for n, timing in key.items()}
+
+    def vs_memory(n: str) -> float:
+        beside = key[n].beside
+        assert beside is not None, f"row {n} is compared with the in-memory loader timed beside it"
+        return rate[n] / beside
+
     ratios = {
-        "raw_vs_memory": rate["3"] / rate["1"],
+        "raw_vs_memory": vs_memory("3"),
         "raw_vs_naive": rate["3"] / rate["2"],
         "aug_vs_seed": rate["4"] / rate["5"],
-        "png_vs_memory": rate["6"] / rate["1"],
-        "jpeg_vs_memory": rate["7"] / rate["1"],
+        "png_vs_memory": vs_memory("6"),
+        "jpeg_vs_memory": vs_memory("7"),
         "png_vs_decode": rate["6"] / rate["8"],
         "jpeg_vs_decode": rate["7"] / rate["9"],
     }
-    ratios.update({f"{n}_vs_memory": rate[n] / rate["1"] for n in rate if _row_key(n)[0] >= 10})
+    ratios.update({f"{n}_vs_memory": vs_memory(n) for n in rate if _row_key(n)[0] >= 10})
     print(" ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     return ratios
 
