@@ -268,7 +268,7 @@ class LakeDataset(IterableDataset):
             # this item's units, then its decoding, then the reads ahead: reads ahead would share
             # the bandwidth and the cores that this item (the first batch, at an epoch's start) waits on
             self._hold(wanted, held, span, now)
-            part = self._arrived(rows, units, held, order.epoch, positions)
+            part = self._arrived(rows, units, now, held, order.epoch, positions)
             self._hold(wanted, held, span)
             yield self._steps(part, step_of, stop - first, plan.group > 1)
 
@@ -323,20 +323,26 @@ class LakeDataset(IterableDataset):
         self,
         rows: np.ndarray,
         units: np.ndarray,
+        now: set[int],
         held: dict[int, Held | Pending],
         epoch: int,
         positions: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """The part of ``rows`` (in ``units``) with corrupt rows labelled, as ``_part``; where rows
-        are decoded here, each unit's rows as soon as its read is in, so that decoding overlaps
-        the reads still in flight (the first batch of an epoch, a batch that outruns reads ahead)."""
-        waiting = set(np.unique(units).tolist())
+        """The part of ``rows`` (in ``units``, the set ``now``) with corrupt rows labelled, as
+        ``_part``; where rows are decoded here and some reads are still in flight (the first batch
+        of an epoch, a batch that outruns reads ahead), each unit's rows as soon as its read is
+        in, so that decoding overlaps the other reads."""
+
+        def read_in(unit: int) -> bool:
+            got = held.get(unit)
+            return not isinstance(got, Pending) or got.done()
+
         decoded_here = self.crops is not None or (self.info.codec is not None and not self.decode_on_device)
-        if not decoded_here or len(waiting) < 2:
+        if not decoded_here or len(now) < 2 or all(map(read_in, now)):
             return self._part(rows, *self._gather(rows, units, held), epoch, positions, skip=False)
-        parts, where = [], []
+        waiting, parts, where = set(now), [], []
         while waiting:
-            ready = sorted(u for u in waiting if not isinstance(held.get(u), Pending) or held[u].done())
+            ready = sorted(filter(read_in, waiting))
             if not ready:
                 time.sleep(POLL_S)
                 continue
