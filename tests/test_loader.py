@@ -13,10 +13,12 @@ from typing import Any
 import deeplake
 import numpy as np
 import pytest
+import torch
 from conftest import global_batches
 
 from fashion_lake import DeepLakeDataModule
 from fashion_lake.data import reader
+from fashion_lake.data.handoff import Cursor
 from fashion_lake.data.loader import LakeLoader
 from fashion_lake.data.order import DistContext
 from fashion_lake.data.reader import LakeDataset
@@ -215,6 +217,43 @@ def test_rows_are_decoded_as_their_units_arrive(png_lake: str, monkeypatch: pyte
     monkeypatch.setattr(LakeDataset, "_start_read", one_late)
     assert _steps([_loader(png_lake, 0, 1)]) == expected
     assert late, "the first batch drew on one unit: nothing to overlap"
+
+
+def test_workers_go_on_once_the_first_batch_is_joined(png_lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker 1 is slow with its part of the first step: worker 0, done with its own, neither
+    decodes its next item nor reads ahead until the loader has joined the first batch."""
+    expected = [sorted(b) for b in global_batches(png_lake, GLOBAL, EPOCH, drop_last=False)]
+    fork = multiprocessing.get_context("fork")
+    started = fork.Array("d", [0.0] * 4)  # per worker: when its first and second items began
+    joined = fork.Value("d", 0.0)  # when the loader (this process) joined the first step
+    arrived, took_first = LakeDataset._arrived, Cursor.took_first
+
+    def timed(self: LakeDataset, *args: Any, **kwargs: Any) -> dict:
+        worker = torch.utils.data.get_worker_info().id
+        item = 0 if started[2 * worker] == 0 else 1
+        if item == 0 or started[2 * worker + 1] == 0:
+            started[2 * worker + item] = time.monotonic()
+        if worker == 1 and item == 0:
+            time.sleep(0.5)
+        return arrived(self, *args, **kwargs)
+
+    def first_joined(self: Cursor) -> None:
+        joined.value = joined.value or time.monotonic()
+        took_first(self)
+
+    def read_ahead(self: LakeDataset, which: list[int], spans: list[tuple[int, int]] | None = None) -> list:
+        worker = torch.utils.data.get_worker_info().id
+        if started[2 * worker + 1] == 0 and started[2 * worker] != 0:  # after its first item
+            assert joined.value != 0, "a worker read ahead before the first batch was joined"
+        return start(self, which, spans)
+
+    start = LakeDataset._start_read
+    monkeypatch.setattr(LakeDataset, "_arrived", timed)
+    monkeypatch.setattr(LakeDataset, "_start_read", read_ahead)
+    monkeypatch.setattr(Cursor, "took_first", first_joined)
+    assert _steps([_loader(png_lake, 0, 1, workers=2)]) == expected
+    assert started[1] >= joined.value > started[0] + 0.4  # worker 0 waited for worker 1's part
+    assert started[3] >= joined.value
 
 
 def test_without_workers_the_lake_is_not_opened_again(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 """What crosses between the training process and its DataLoader workers: batches one way
-(``HostBatch``, ``BatchSlots``), each epoch's plan the other (``Cursor``).
+(``HostBatch``, ``BatchSlots``), each epoch's plan and when its first step is joined the other
+(``Cursor``).
 
 A worker's batch is numpy arrays (``HostBatch``), made into tensors in the main process. Pickled
 through the worker's pipe, a 28x28 batch of 256 (200 KB) costs the main process about as much
@@ -86,42 +87,65 @@ class Cursor:
     until the loader sets the plan, or gives up if released (``release``) or its training process
     is gone: a loader can start its workers before its first epoch without their reading anything
     yet (``LakeLoader.start``).
+
+    The first batch first: a worker that has handed over its part of an epoch's first step waits
+    (``first_taken``) until the loader has joined that step (``took_first``) before it decodes
+    more or reads ahead, so that the cores and the bandwidth go to the parts still missing.
     """
 
     GO, HOLD, STOP = 0, 1, 2
+    _EPOCH, _START, _STATE, _PID, _SERIAL, _TAKEN, _OPENED = range(7)
 
     def __init__(self, workers: int) -> None:
-        # epoch, start, state, the training process's pid, then one "opened" word per worker
-        self._words = np.frombuffer(mmap.mmap(-1, 8 * (4 + workers)), np.int64)
-        self._words[3] = os.getpid()
+        # epoch, start, state, the training process's pid, the serial of the epoch last set and of
+        # the last whose first step the loader joined, then one "opened" word per worker
+        self._words = np.frombuffer(mmap.mmap(-1, 8 * (self._OPENED + workers)), np.int64)
+        self._words[self._PID] = os.getpid()
 
     def set(self, epoch: int, start: int) -> None:
-        self._words[0], self._words[1] = epoch, start
-        self._words[2] = self.GO  # last: a waiting worker reads the plan once this is set
+        self._words[self._EPOCH], self._words[self._START] = epoch, start
+        self._words[self._SERIAL] += 1
+        self._words[self._STATE] = self.GO  # last: a waiting worker reads the plan once this is set
 
     def hold(self) -> None:
-        self._words[2] = self.HOLD
+        self._words[self._STATE] = self.HOLD
 
     def release(self) -> None:
         """Workers still held stop waiting and end their epoch without reading."""
-        if self._words[2] == self.HOLD:
-            self._words[2] = self.STOP
+        if self._words[self._STATE] == self.HOLD:
+            self._words[self._STATE] = self.STOP
 
     def opened(self, worker: int) -> None:
-        self._words[4 + worker] = 1
+        self._words[self._OPENED + worker] = 1
 
     def workers_opened(self) -> int:
-        return int(self._words[4:].sum())
+        return int(self._words[self._OPENED :].sum())
 
-    def wait(self) -> tuple[int, int] | None:
-        """In a worker: the epoch's ``(epoch, start)`` once set; None if released or orphaned."""
-        while self._words[2] == self.HOLD:
-            if os.getppid() != self._words[3]:
+    def wait(self) -> tuple[int, int, int] | None:
+        """In a worker: the epoch's ``(epoch, start, serial)`` once set; None if released or orphaned."""
+        while self._words[self._STATE] == self.HOLD:
+            if self._orphaned():
                 return None
             time.sleep(0.002)
-        if self._words[2] == self.STOP:
+        if self._words[self._STATE] == self.STOP:
             return None
-        return int(self._words[0]), int(self._words[1])
+        return int(self._words[self._EPOCH]), int(self._words[self._START]), int(self._words[self._SERIAL])
+
+    def took_first(self) -> None:
+        """In the loader: the first step of the epoch last set is joined (or will not be)."""
+        self._words[self._TAKEN] = self._words[self._SERIAL]
+
+    def first_taken(self, serial: int) -> None:
+        """In a worker: wait until the loader has joined the first step of epoch ``serial``, or
+        has moved on to another epoch, or is gone."""
+        words = self._words
+        while words[self._TAKEN] != serial and words[self._SERIAL] == serial:
+            if words[self._STATE] != self.GO or self._orphaned():
+                return
+            time.sleep(0.001)
+
+    def _orphaned(self) -> bool:
+        return os.getppid() != self._words[self._PID]
 
 
 def _aligned(size: int, to: int = 64) -> int:

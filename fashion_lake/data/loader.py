@@ -154,20 +154,26 @@ class LakeLoader(DataLoader):
         self.dataset.set_plan(plan)  # before new workers fork, and where persistent ones look
         items = self._iterator if self._fresh else super().__iter__()  # fresh: no reset to wait for
         self._fresh = False
-        while True:
-            parts = [_batches(item) for item in _take(items, self.workers)]
-            if not parts:
-                return
-            if self.spec is None:  # whole batches, each worker's next in turn (as one batch a task)
+        if self.spec is None:
+            while parts := [_batches(item) for item in _take(items, self.workers)]:
+                # whole batches, each worker's next in turn (as one batch a task)
                 for k in range(max(map(len, parts))):
                     yield from (_without_positions(batches[k]) for batches in parts if k < len(batches))
-                continue
-            for step_parts in zip(*parts, strict=True):
-                # counted before the Trainer sees it: saved mid-step, it is consumed
-                step = self._consumed[1]
-                self._consumed = (self._consumed[0], step + 1)
-                batch = join(list(step_parts))
-                yield {**batch, "rank_share": rank_share(order, step, self.dist, len(batch["labels"]))}
+            return
+        cursor = self.dataset.cursor  # where its workers wait for the first step to be joined
+        try:
+            while parts := [_batches(item) for item in _take(items, self.workers)]:
+                for step_parts in zip(*parts, strict=True):
+                    # counted before the Trainer sees it: saved mid-step, it is consumed
+                    step = self._consumed[1]
+                    self._consumed = (self._consumed[0], step + 1)
+                    batch = join(list(step_parts))
+                    if cursor is not None and step == start:
+                        cursor.took_first()
+                    yield {**batch, "rank_share": rank_share(order, step, self.dist, len(batch["labels"]))}
+        finally:  # an epoch left before its first step: no worker waits on it
+            if cursor is not None:
+                cursor.took_first()
 
     def _get_iterator(self, hold: bool = False) -> Any:
         # New workers fork here: new slots first.

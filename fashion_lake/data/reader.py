@@ -224,22 +224,27 @@ class LakeDataset(IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self.ds  # noqa: B018 - opens the handle in this process
+        first_taken: Callable[[], None] | None = None
         if info is not None and self.cursor is not None and isinstance(plan, TrainPlan):
             self.cursor.opened(worker)
             at = self.cursor.wait()  # at once, unless the loader started its workers before the epoch
             if at is None:
                 return
             plan = dataclasses.replace(plan, epoch=at[0], start=at[1])
+            first_taken = functools.partial(self.cursor.first_taken, at[2])
         if isinstance(plan, TrainPlan):
-            yield from self._train_items(plan, worker, workers)
+            yield from self._train_items(plan, worker, workers, first_taken)
             return
         parts = self._eval_parts(plan, worker)
         while group := list(itertools.islice(parts, plan.group)):
             yield self._item(group, plan.group > 1)
 
-    def _train_items(self, plan: TrainPlan, worker: int, workers: int) -> Iterator[HostBatch]:
+    def _train_items(
+        self, plan: TrainPlan, worker: int, workers: int, first_taken: Callable[[], None] | None = None
+    ) -> Iterator[HostBatch]:
         """This process's parts of the rank's batches (the rows it reads), ``plan.group`` steps an
-        item: planned, gathered and decoded a whole item at a time, as one array."""
+        item: planned, gathered and decoded a whole item at a time, as one array. A worker with
+        ``first_taken`` waits on it once its first item is handed over (``Cursor``)."""
         order = plan.spec.at(plan.epoch)
         owned = order.owned(plan.dist)
         readers = order.readers(owned, workers, split=self.split_units)
@@ -265,12 +270,15 @@ class LakeDataset(IterableDataset):
                     for group in order.partition_list[p].groups_from(k):
                         ahead.update(group[readers.reads(group, worker)].tolist())
             wanted = ahead | now
-            # this item's units, then its decoding, then the reads ahead: reads ahead would share
-            # the bandwidth and the cores that this item (the first batch, at an epoch's start) waits on
+            # this item's units, its decoding, its handover, then the reads ahead: reads ahead
+            # would share the bandwidth and the cores that this item (the first batch, at an
+            # epoch's start) waits on
             self._hold(wanted, held, span, now)
             part = self._arrived(rows, units, now, held, order.epoch, positions)
-            self._hold(wanted, held, span)
             yield self._steps(part, step_of, stop - first, plan.group > 1)
+            if first_taken is not None and first == plan.start:
+                first_taken()
+            self._hold(wanted, held, span)
 
     def _steps(
         self, part: dict[str, np.ndarray], step_of: np.ndarray, steps: int, grouped: bool
