@@ -160,7 +160,7 @@ class LakeLoader(DataLoader):
                 for k in range(max(map(len, parts))):
                     yield from (_without_positions(batches[k]) for batches in parts if k < len(batches))
             return
-        cursor = self.dataset.cursor  # where its workers wait for the first step to be joined
+        cursor = getattr(items, "lake_cursor", None)  # where its workers wait for the first step
         try:
             while parts := [_batches(item) for item in _take(items, self.workers)]:
                 for step_parts in zip(*parts, strict=True):
@@ -182,8 +182,10 @@ class LakeLoader(DataLoader):
             self.dataset.share_slots(self.num_workers, ring_slots(self.prefetch_factor), rows,
                                      self.multiprocessing_context, hold)  # fmt: skip
         iterator = super()._get_iterator()
-        # its workers write into these slots for as long as it lives, whatever the dataset holds next
+        # its workers use these slots and this cursor for as long as it lives, whatever the
+        # dataset holds next
         iterator.lake_slots = self.dataset.slots
+        iterator.lake_cursor = self.dataset.cursor if self.num_workers > 0 else None
         return iterator
 
     def state_dict(self) -> dict[str, Any]:
