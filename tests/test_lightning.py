@@ -4,6 +4,7 @@ the model on the data module's loaders, the package check and ``--help``."""
 from __future__ import annotations
 
 import csv
+import gc
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pytorch_lightning.callbacks import BatchSizeFinder, LearningRateFinder
 
 from fashion_lake import DeepLakeDataModule, FashionMnistModule
 from fashion_lake.cli import DESCRIPTION, SUBCOMMAND_HELP, cli_main, main
+from fashion_lake.data.reader import LakeDataset
 
 
 class LrLog(pl.Callback):
@@ -169,3 +171,23 @@ def test_normalize_must_fit_the_channels() -> None:
     expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(rgb.normalize(white)[0, :, 0, 0], expected)
     torch.testing.assert_close(rgb.normalize(white.float() / 255), rgb.normalize(white))  # [0, 1] floats too
+
+
+def test_fit_lets_go_of_the_units_kept_for_a_next_epoch(
+    cli_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second epoch reads nothing (the first one's units are kept: the lake is small), and
+    once fit is over the training dataset holds no units."""
+    reads: list[int] = []
+    start = LakeDataset._start_read
+
+    def counted(self: LakeDataset, units: list[int], *args: object) -> list:
+        if self.train:
+            reads.append(self.plan.epoch)
+        return start(self, units, *args)
+
+    monkeypatch.setattr(LakeDataset, "_start_read", counted)
+    cli = _fit([*cli_args, "--trainer.max_epochs", "2", "--data.num_workers", "0"])
+    gc.collect()  # the epochs' generators, closed
+    assert 0 in reads and 1 not in reads
+    assert not cli.datamodule.datasets["train"]._kept

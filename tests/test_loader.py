@@ -179,6 +179,29 @@ def test_local_workers_read_each_row_once(lake: str, monkeypatch: pytest.MonkeyP
     assert sum(units) > len(COMMITS)  # units shared by the workers of a rank
 
 
+@pytest.mark.parametrize(
+    ("world", "workers", "remote"), [(1, 0, False), (1, 2, False), (1, 0, True), (1, 2, True), (2, 2, False)]
+)
+def test_an_epoch_takes_over_the_units_the_last_one_read(
+    lake: str, world: int, workers: int, remote: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three epochs in a row, each its own batches with the right pixels. A process that reads
+    the same rows of a unit again keeps them: one rank reads a lake that its window holds once,
+    not once an epoch. Where each epoch deals the units anew (over ranks; whole units over remote
+    workers) a process reads what it did not hold, the rows it held before no longer its own."""
+    _, rows = _count_reads(monkeypatch)
+    loaders = [_loader(lake, rank, world, workers, remote=remote) for rank in range(world)]
+    epochs = range(EPOCH, EPOCH + 3)
+    for epoch in epochs:
+        for loader in loaders:
+            loader.set_epoch(epoch)
+        assert _steps(loaders) == [sorted(b) for b in global_batches(lake, GLOBAL, epoch, drop_last=False)]
+    if world == 1 and not (remote and workers):
+        assert list(rows) == [1] * ROWS
+    else:
+        assert ROWS < sum(rows) <= len(epochs) * ROWS
+
+
 def test_rows_are_decoded_as_their_units_arrive(png_lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first batch draws on several units, one of which is still in flight: the rows of
     those already read are decoded before the reader waits for it, and the batches stay the same."""

@@ -553,6 +553,12 @@ class DeepLakeDataModule(pl.LightningDataModule):
             self._train_position = None
         self.datasets.clear()
 
+    def teardown(self, stage: str) -> None:
+        """After fit: the units that training read last, kept for a next epoch, are let go (those
+        of forked workers go with the workers, which Lightning ends)."""
+        if stage == "fit" and "train" in self.datasets:
+            self.datasets["train"].forget()
+
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Decode a still-encoded jpeg batch on the device; seed its augmentation, on the host.
 

@@ -84,6 +84,10 @@ class Held:
     labels: np.ndarray
     start: int
 
+    @property
+    def span(self) -> Span:
+        return self.start, self.start + len(self.labels)
+
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -149,10 +153,13 @@ class LakeDataset(IterableDataset):
         self._pid: int | None = os.getpid() if opened is not None else None
         self.slots: BatchSlots | None = None  # where workers' parts cross (``share_slots``)
         self.cursor: Cursor | None = None  # each epoch's plan for persistent workers (``share_slots``)
+        self._kept: dict[int, Held] = {}  # units read by the last epoch here (``_train_items``)
 
     def __getstate__(self) -> dict:
         # Handles do not cross processes: each worker opens its own. Slots cross only by fork.
-        return {**self.__dict__, "_ds": None, "_rows": None, "_pid": None, "slots": None, "cursor": None}
+        # Nor do the units kept for the next epoch (``_kept``): they are the reading process's.
+        unshared = dict.fromkeys(("_ds", "_rows", "_pid", "slots", "cursor"))
+        return {**self.__dict__, **unshared, "_kept": {}}
 
     def share_slots(
         self, workers: int, slots: int, rows: int, context: Any = None, hold: bool = False
@@ -244,41 +251,59 @@ class LakeDataset(IterableDataset):
     ) -> Iterator[HostBatch]:
         """This process's parts of the rank's batches (the rows it reads), ``plan.group`` steps an
         item: planned, gathered and decoded a whole item at a time, as one array. A worker with
-        ``first_taken`` waits on it once its first item is handed over (``Cursor``)."""
+        ``first_taken`` waits on it once its first item is handed over (``Cursor``).
+
+        Units read stay held while there is room (``_hold``), and from one epoch to the next
+        (``_kept``) where it reads the same rows of them: a lake that the window holds is read
+        once, not once an epoch."""
         order = plan.spec.at(plan.epoch)
         owned = order.owned(plan.dist)
         readers = order.readers(owned, workers, split=self.split_units)
         span = functools.partial(readers.span, worker=worker)
-        held: dict[int, Held | Pending] = {}
+        # the units the window is sized for (``plan.group_units_for``): this group and the next
+        # of every partition owned; whole units are dealt to the workers, runs of them split
+        room = 2 * order.group_units * len(owned)
+        room = room if readers.split else -(-room // workers)
+        kept, self._kept = self._kept, {}
+        held: dict[int, Held | Pending] = {unit: got for unit, got in kept.items() if got.span == span(unit)}
+        kept.clear()  # what it does not take goes now
         ahead: set[int] = set()
         last: list[int] = []
-        for first, stop in _items(plan.start, order.steps, plan.group):
-            positions, rows, step_of = order.batches(first, stop, owned)
-            units = np.searchsorted(self.units, rows, side="right") - 1
-            mine = readers.worker_of(rows, units) == worker
-            positions, rows, units, step_of = positions[mine], rows[mine], units[mine], step_of[mine]
-            if self.sample_transform is not None:
-                steps = [step_of == k for k in range(stop - first)]
-                yield self._item([self._sample_part(rows[at], positions[at]) for at in steps], plan.group > 1)
-                continue
-            now = set(np.unique(units).tolist())
-            at = order.taken((stop - 1) * order.global_batch)
-            groups = [order.partition_list[p].group_at(int(at[p])) for p in owned]
-            if groups != last:  # the shuffle groups in use and the next ones, of units read here
-                ahead, last = set(), groups
-                for p, k in zip(owned, groups, strict=True):
-                    for group in order.partition_list[p].groups_from(k):
-                        ahead.update(group[readers.reads(group, worker)].tolist())
-            wanted = ahead | now
-            # this item's units, its decoding, its handover, then the reads ahead: reads ahead
-            # would share the bandwidth and the cores that this item (the first batch, at an
-            # epoch's start) waits on
-            self._hold(wanted, held, span, now)
-            part = self._arrived(rows, units, now, held, order.epoch, positions)
-            yield self._steps(part, step_of, stop - first, plan.group > 1)
-            if first_taken is not None and first == plan.start:
-                first_taken()
-            self._hold(wanted, held, span)
+        try:
+            for first, stop in _items(plan.start, order.steps, plan.group):
+                positions, rows, step_of = order.batches(first, stop, owned)
+                units = np.searchsorted(self.units, rows, side="right") - 1
+                mine = readers.worker_of(rows, units) == worker
+                positions, rows, units, step_of = positions[mine], rows[mine], units[mine], step_of[mine]
+                if self.sample_transform is not None:
+                    steps = [step_of == k for k in range(stop - first)]
+                    parts = [self._sample_part(rows[at], positions[at]) for at in steps]
+                    yield self._item(parts, plan.group > 1)
+                    continue
+                now = set(np.unique(units).tolist())
+                at = order.taken((stop - 1) * order.global_batch)
+                groups = [order.partition_list[p].group_at(int(at[p])) for p in owned]
+                if groups != last:  # the shuffle groups in use and the next ones, of units read here
+                    ahead, last = set(), groups
+                    for p, k in zip(owned, groups, strict=True):
+                        for group in order.partition_list[p].groups_from(k):
+                            ahead.update(group[readers.reads(group, worker)].tolist())
+                wanted = ahead | now
+                # this item's units, its decoding, its handover, then the reads ahead: reads ahead
+                # would share the bandwidth and the cores that this item (the first batch, at an
+                # epoch's start) waits on
+                self._hold(wanted, held, span, room, now)
+                part = self._arrived(rows, units, now, held, order.epoch, positions)
+                yield self._steps(part, step_of, stop - first, plan.group > 1)
+                if first_taken is not None and first == plan.start:
+                    first_taken()
+                self._hold(wanted, held, span, room)
+        finally:  # also an epoch left early: what it read is no less current
+            self._kept = {unit: got for unit, got in held.items() if isinstance(got, Held)}
+
+    def forget(self) -> None:
+        """Let go of the units kept for the next epoch (the end of fit)."""
+        self._kept = {}
 
     def _steps(
         self, part: dict[str, np.ndarray], step_of: np.ndarray, steps: int, grouped: bool
@@ -317,13 +342,16 @@ class LakeDataset(IterableDataset):
         wanted: set[int],
         held: dict[int, Held | Pending],
         span: Callable[[int], Span],
+        room: int = 0,
         only: set[int] | None = None,
     ) -> None:
-        """Drop the units no longer wanted; start reading the wanted ones (of ``only``) not held
-        yet: the rows ``span(unit)`` of each, this process's rows of it."""
-        for unit in [u for u in held if u not in wanted]:
-            del held[unit]
+        """Start reading the wanted units (of ``only``) not held yet: the rows ``span(unit)`` of
+        each, this process's rows of it. Units no longer wanted stay while fewer than ``room``
+        are held, the first read going first."""
         missing = sorted(u for u in (wanted if only is None else only) if u not in held)
+        unwanted = [u for u in held if u not in wanted]
+        for unit in unwanted[: max(0, len(held) + len(missing) - room)]:
+            del held[unit]
         if missing:
             held.update(zip(missing, self._start_read(missing, [span(u) for u in missing]), strict=True))
 
