@@ -202,6 +202,33 @@ def test_an_epoch_takes_over_the_units_the_last_one_read(
         assert ROWS < sum(rows) <= len(epochs) * ROWS
 
 
+def test_units_held_never_outgrow_the_budgets_room(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget of one unit a shuffle group over 2 partitions: room for 4 of the lake's 5 units.
+    A process never holds more, every epoch is whole, and what it let go it reads again."""
+    _, rows = _count_reads(monkeypatch)
+    most: list[int] = []
+    hold = LakeDataset._hold
+
+    def counted(self: LakeDataset, wanted: set[int], held: dict, *args: Any) -> None:
+        hold(self, wanted, held, *args)
+        most.append(len(held))
+
+    monkeypatch.setattr(LakeDataset, "_hold", counted)
+    dm = DeepLakeDataModule(train_url=lake, val_url=lake, batch_size=GLOBAL, num_workers=0, drop_last=False,
+                            partitions=2, memory_budget=4 * max(COMMITS) * 16)  # fmt: skip
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.spec.group_units == 1
+    for epoch in (EPOCH, EPOCH + 1):
+        loader.set_epoch(epoch)
+        order = loader.order_of(epoch)
+        got = _steps([loader])
+        assert got == [sorted(order.batch(step, range(2))[1].tolist()) for step in range(order.steps)]
+        assert sorted(sum(got, [])) == list(range(ROWS))
+    assert max(most) == 2 * 1 * 2
+    assert sum(rows) > ROWS  # what was let go was read again
+
+
 def test_rows_are_decoded_as_their_units_arrive(png_lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first batch draws on several units, one of which is still in flight: the rows of
     those already read are decoded before the reader waits for it, and the batches stay the same."""
