@@ -264,9 +264,8 @@ class LakeDataset(IterableDataset):
         # of every partition owned; whole units are dealt to the workers, runs of them split
         room = 2 * order.group_units * len(owned)
         room = room if readers.split else -(-room // workers)
-        kept, self._kept = self._kept, {}
-        held: dict[int, Held | Pending] = {unit: got for unit, got in kept.items() if got.span == span(unit)}
-        kept.clear()  # what it does not take goes now
+        held: dict[int, Held | Pending] = {u: got for u, got in self._kept.items() if got.span == span(u)}
+        self._kept = {}  # what this epoch does not take goes now
         ahead: set[int] = set()
         last: list[int] = []
         try:
