@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from fashion_lake.tools.readbench import BUCKET, CountingProxy, main, moto_server, s3_client
 
 
@@ -24,9 +27,12 @@ def test_the_proxy_counts_get_response_bodies() -> None:
         assert proxy.snapshot() == (0, 0)
 
 
-def test_a_tiny_png_lake_read_by_one_and_two_ranks(real_raw_dir: Path) -> None:
-    runs = main(["--raw_dir", str(real_raw_dir), "--rows", "2000", "--grid", "1x0,2x0", "--lakes", "png"])
-    assert [run.name for run in runs] == ["png_1x0", "png_2x0"]
+def test_a_tiny_png_lake_read_by_one_and_two_ranks_twice_over(
+    real_raw_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--raw_dir", str(real_raw_dir), "--rows", "2000", "--grid", "1x0,2x0", "--lakes", "png"]
+    runs = main([*args, "--repeats", "2"])
+    assert [run.name for run in runs] == ["png_1x0", "png_2x0"] * 2, "in rounds"
     for run in runs:
         (epoch_gets, epoch_bytes), (total_gets, total_bytes) = run.epoch, run.total
         assert run.lake.rows == 2000 and run.lake.stored > 0
@@ -35,4 +41,11 @@ def test_a_tiny_png_lake_read_by_one_and_two_ranks(real_raw_dir: Path) -> None:
         assert epoch_bytes <= total_bytes and epoch_gets <= total_gets
         assert run.exactly_once and sum(run.rows) == 2000
         assert run.wall >= run.first_batch > 0
-    assert runs[1].rows == [1000, 1000]
+    assert runs[1].rows == runs[3].rows == [1000, 1000]
+    out = capsys.readouterr().out
+    for name, pair in (("1 x 0", runs[::2]), ("2 x 0", runs[1::2])):
+        ratios = [run.first_batch / run.first_units for run in pair]
+        summary = f"{name}: {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        assert summary in out.split("median (range) of 2 runs: ")[1].splitlines()[0]
+    most = [max(run.epoch[1] / run.lake.stored for run in pair) for pair in (runs[::2], runs[1::2])]
+    assert out.splitlines()[-1] == f"reads: png_1x0={most[0]:.2f}, png_2x0={most[1]:.2f}"

@@ -2,7 +2,7 @@
 photo epoch under a cap, time to the first batch, and the epoch order's memory and shuffle.
 
     python -m fashion_lake.tools.readbench [--grid 1x0,1x2,2x2,4x1,8x1] [--photos N] [--latency_ms MS]
-        [--photo_gb 1.6 --cap 1.5GiB] [--rows N]
+        [--repeats N] [--photo_gb 1.6 --cap 1.5GiB] [--rows N]
 
 A ``moto_server`` on loopback plays S3, behind a byte-counting reverse proxy (``CountingProxy``,
 a thread of this process) that Deep Lake talks to as its endpoint. The lakes are written with
@@ -31,18 +31,24 @@ of those rows waits for while the other ranks read theirs; the slowest), ``wall 
 to the last rank's last batch), ``exactly once`` (the ranks' ``batch['index']`` together cover
 every row once) and rows per rank.
 
+With ``--repeats N`` the grid is measured N times over, in rounds (every run of the grid, then
+again), a row per run; then, per ``W x K``, the median of the N first batches over the bare
+reads measured right after each (paired, so that the machine's drift cancels) and their range.
+One run's first batch is a single sample on a shared machine, and so is its bare read.
+
 ``--photo_gb G`` adds one epoch of a local lake of G GB of ~41 KB jpeg photos, read with the
 data module's defaults at ``image_size`` 64 in a fresh process inside a new memory cgroup of
 ``--cap`` bytes (where this process may make one; else uncapped, and it says so): its exit
 status, OOM kills, whether every row came once, and the peak RSS of its process tree. Then the
 epoch order's memory at 100M rows, and its shuffle quality against the previous default order
 (blocks of 1,024 rows in windows of 16,384) on class-sorted layouts. The last line lists
-``LAKE_WxK=`` epoch bytes / stored for every run.
+``LAKE_WxK=`` epoch bytes / stored for every ``W x K`` (the most of its runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -593,6 +599,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--global_batch", type=int, default=256, help="rows per step over all ranks")
     p.add_argument("--latency_ms", type=float, default=0.0, help="delay each request by this much")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take")
+    p.add_argument("--repeats", type=int, default=1, help="measure the grid this many times over")
     p.add_argument(
         "--photo_gb", type=float, default=0.0, help="also one epoch of a local photo lake this big"
     )
@@ -611,6 +618,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
         raise ConfigError(f"--lakes: unknown {unknown}; choose from png, raw, jpeg.")
     if ("jpeg" in names and args.photos < 1) or (args.rows is not None and args.rows < 1):
         raise ConfigError("--rows and --photos (needed by --lakes jpeg) must be 1 or more.")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be 1 or more, not {args.repeats}.")
     from fashion_lake.data.plan import parse_bytes
 
     cap = parse_bytes(args.cap)
@@ -637,9 +646,11 @@ def main(argv: list[str] | None = None) -> list[Run]:
                 table_row(["---"] * 10),
                 sep="\n",
             )
-            for world, workers in grid:
+            for _, (world, workers) in itertools.product(range(args.repeats), grid):
                 runs.append(measure(lake, world, workers, proxy, args, Path(tmp)))
                 print(runs[-1].row(), flush=True)
+            if args.repeats > 1:
+                print(first_batches([run for run in runs if run.lake is lake]))
         if args.photo_gb > 0:
             print("\n" + photo_epoch(args.photo_gb, cap, Path(tmp)))
     print("\n" + order_memory())
@@ -648,14 +659,28 @@ def main(argv: list[str] | None = None) -> list[Run]:
     print(shuffle_quality(1_281_167, 1000, 61))
     print(f"\nwhat the order predicts for epochs 0-{EPOCHS - 1} (mean, min-max): reads / stored (rows of the "
           "units each rank touches), and the largest rank's rows over an even share:")  # fmt: skip
-    for run in runs:
-        if run.workers == min(r.workers for r in runs if r.lake is run.lake and r.world == run.world):
+    once = [run for i, run in enumerate(runs) if run.name not in {r.name for r in runs[:i]}]  # round 1
+    for run in once:
+        if run.workers == min(r.workers for r in once if r.lake is run.lake and r.world == run.world):
             reads, largest = (
                 f"{np.mean(v):.2f}, {min(v):.2f}-{max(v):.2f}" for v in (run.touched, run.largest)
             )
             print(f"  {run.lake.name} {run.world} ranks: reads {reads}; largest share {largest}")
-    print("\nreads: " + ", ".join(f"{run.name}={run.epoch[1] / run.lake.stored:.2f}" for run in runs))
+    most: dict[str, float] = {}  # the most any run of a W x K read
+    for run in runs:
+        most[run.name] = max(most.get(run.name, 0.0), run.epoch[1] / run.lake.stored)
+    print("\nreads: " + ", ".join(f"{name}={ratio:.2f}" for name, ratio in most.items()))
     return runs
+
+
+def first_batches(runs: list[Run]) -> str:
+    """Per ``W x K`` of ``runs`` (one lake's): the median and range of first batch / bare reads."""
+    ratios: dict[str, list[float]] = {}
+    for run in runs:
+        ratios.setdefault(f"{run.world} x {run.workers}", []).append(run.first_batch / run.first_units)
+    cells = [f"{name}: {np.median(r):.2f} ({min(r):.2f}-{max(r):.2f})" for name, r in ratios.items()]
+    count = max(map(len, ratios.values()))
+    return f"first batch / bare reads, median (range) of {count} runs: " + ", ".join(cells)
 
 
 def unit_read(endpoint: str, proxy: str, prefix: str) -> float:
