@@ -52,6 +52,9 @@ class ForwardingProxy(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the connections of a burst of concurrent GETs
+    # beyond it, and their clients wait a second to try again
+    request_queue_size = 128
 
     def __init__(self, upstream: str) -> None:
         super().__init__(("127.0.0.1", 0), _Forward)
