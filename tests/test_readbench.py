@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,22 @@ def test_the_proxy_counts_get_response_bodies() -> None:
         assert proxy.snapshot() == (2, len(body) + 1000), "a HEAD is no GET"
         proxy.reset()
         assert proxy.snapshot() == (0, 0)
+
+
+def test_the_proxy_holds_a_burst_of_connections_before_it_accepts_any() -> None:
+    """A rank's first reads open many connections at once; those beyond the listen backlog would
+    be dropped, and their clients would try again only a second later."""
+    proxy = CountingProxy("http://127.0.0.1:9")  # listening, not accepting: its thread starts in ``with``
+    burst = [socket.socket() for _ in range(32)]
+    try:
+        for conn in burst:
+            conn.settimeout(0.5)  # a dropped connection waits a second for its retry
+        connected = sum(conn.connect_ex(proxy.server_address) == 0 for conn in burst)
+    finally:
+        for conn in burst:
+            conn.close()
+        proxy.server_close()
+    assert connected == len(burst)
 
 
 def test_a_tiny_png_lake_read_by_one_and_two_ranks_twice_over(
