@@ -659,27 +659,34 @@ def main(argv: list[str] | None = None) -> list[Run]:
     print(shuffle_quality(1_281_167, 1000, 61))
     print(f"\nwhat the order predicts for epochs 0-{EPOCHS - 1} (mean, min-max): reads / stored (rows of the "
           "units each rank touches), and the largest rank's rows over an even share:")  # fmt: skip
-    once = [run for i, run in enumerate(runs) if run.name not in {r.name for r in runs[:i]}]  # round 1
+    by_name = _by_name(runs)
+    once = [same[0] for same in by_name.values()]  # the first round's
     for run in once:
         if run.workers == min(r.workers for r in once if r.lake is run.lake and r.world == run.world):
             reads, largest = (
                 f"{np.mean(v):.2f}, {min(v):.2f}-{max(v):.2f}" for v in (run.touched, run.largest)
             )
             print(f"  {run.lake.name} {run.world} ranks: reads {reads}; largest share {largest}")
-    most: dict[str, float] = {}  # the most any run of a W x K read
-    for run in runs:
-        most[run.name] = max(most.get(run.name, 0.0), run.epoch[1] / run.lake.stored)
+    most = {name: max(run.epoch[1] / run.lake.stored for run in same) for name, same in by_name.items()}
     print("\nreads: " + ", ".join(f"{name}={ratio:.2f}" for name, ratio in most.items()))
     return runs
 
 
+def _by_name(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs of each ``LAKE_WxK``, in the order of their first runs."""
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.name, []).append(run)
+    return out
+
+
 def first_batches(runs: list[Run]) -> str:
     """Per ``W x K`` of ``runs`` (one lake's): the median and range of first batch / bare reads."""
-    ratios: dict[str, list[float]] = {}
-    for run in runs:
-        ratios.setdefault(f"{run.world} x {run.workers}", []).append(run.first_batch / run.first_units)
-    cells = [f"{name}: {np.median(r):.2f} ({min(r):.2f}-{max(r):.2f})" for name, r in ratios.items()]
-    count = max(map(len, ratios.values()))
+    groups, cells = list(_by_name(runs).values()), []
+    for same in groups:
+        r = [run.first_batch / run.first_units for run in same]
+        cells.append(f"{same[0].world} x {same[0].workers}: {np.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
+    count = max(map(len, groups))
     return f"first batch / bare reads, median (range) of {count} runs: " + ", ".join(cells)
 
 
