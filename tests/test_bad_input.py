@@ -2,8 +2,8 @@
 that names what is wrong and how to fix it, and no input file created, changed or deleted.
 
 Each case runs a real command in this process (``fashion_lake``, ``fashion_lake.ingest``,
-``fashion_lake.tools.bench``, ``fashion_lake.export``) from an empty run folder, against a shared set
-of inputs that is hashed before and after it.
+``fashion_lake.tools.bench``, ``fashion_lake.tools.readbench``, ``fashion_lake.export``) from an
+empty run folder, against a shared set of inputs that is hashed before and after it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from fashion_lake import export
 from fashion_lake.cli import main as cli_main
 from fashion_lake.ingest import write as ingest
 from fashion_lake.ingest.write import FASHION_MNIST_CLASSES
-from fashion_lake.tools import bench
+from fashion_lake.tools import bench, readbench
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,7 @@ PROGRAMS: dict[str, Callable[[list[str]], Any]] = {
     "fashion_lake": cli_main,
     "fashion_lake.ingest": ingest.main,
     "fashion_lake.tools.bench": bench.cli,
+    "fashion_lake.tools.readbench": readbench.cli,
     "fashion_lake.export": export.main,
 }
 
@@ -530,6 +531,12 @@ CASES: list[tuple[str, str, Argv, str]] = [
     ),
     ("bench_ingest_1", "fashion_lake.tools.bench", lambda i: ["--ingest", "1"], r"--ingest must be \d+ or"),
     ("bench_batch_text", "fashion_lake.tools.bench", lambda i: ["--batch_size", "x"], r'"batch_size".*x'),
+    (
+        "readbench_repeats_0",
+        "fashion_lake.tools.readbench",
+        lambda i: ["--repeats", "0"],
+        r"--repeats must be 1 or more, not 0",
+    ),
 ]
 
 
